@@ -1,0 +1,1 @@
+"""Rollout (generation) backends behind one interface: ``hf`` (transformers) and ``vllm``."""
