@@ -1,0 +1,148 @@
+"""Shared CLI plumbing: settings from flags, the most recent run, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from steer_cli.errors import SteerError
+from steer_cli.settings import (
+    Layer,
+    Settings,
+    build_settings,
+    config_layer,
+    field_doc,
+    flags_layer,
+    parse_set,
+)
+
+# Flag of each settings key that has one (used in help texts and in error messages).
+FLAG_NAMES: dict[str, str] = {
+    "model.name": "--model",
+    "setup.kind": "--setup",
+    "data.dataset": "--dataset",
+    "data.data_dir": "--data-dir",
+    "output.output_dir": "--output-dir",
+    "output.overwrite": "--overwrite",
+    "output.resume": "--resume",
+    "train.max_steps": "--max-steps",
+    "train.prompts_per_step": "--prompts-per-step",
+    "train.lr": "--lr",
+    "train.save_every": "--save-every",
+    "train.seed": "--seed",
+    "rollout.num_generations": "--num-generations",
+    "rollout.max_new_tokens": "--max-new-tokens",
+    "rollout.backend": "--backend",
+    "eval.benchmarks": "--benchmarks",
+    "eval.data_dir": "--data-dir",
+    "eval.samples": "--samples",
+    "eval.temperature": "--temperature",
+    "eval.seeds": "--seeds",
+    "eval.limit": "--limit",
+    "eval.max_new_tokens": "--max-new-tokens",
+}
+
+
+def doc(key: str) -> str:
+    """Help text of a flag: the settings field's description, plus the key it sets."""
+    return f"{field_doc(key)} [{key}]"
+
+
+PRESET_HELP = "Preset to start from (see `steer presets`); default: found from --model/--dataset/--setup."
+CONFIG_HELP = "YAML file of settings, applied over the preset."
+SET_HELP = "Override any setting: --set train.lr=1e-3 (repeatable)."
+
+
+def settings_from_cli(
+    *,
+    preset: Optional[str],
+    config: Optional[Path],
+    sets: Optional[list[str]],
+    flags: dict[str, Any],
+    base: Optional[Layer] = None,
+    infer_preset: bool = True,
+) -> Settings:
+    """defaults < (base) < preset < --config < --set < flags."""
+    from steer_cli.presets import find_preset, preset_layer
+
+    layers: list[Layer] = []
+    if base is not None:
+        layers.append(base)
+    if preset is None and infer_preset:
+        preset = find_preset(flags.get("model.name"), flags.get("data.dataset"), flags.get("setup.kind"))
+    if preset:
+        layers.append(preset_layer(preset))
+    if config is not None:
+        layers.append(config_layer(config))
+    if sets:
+        layers.append(parse_set(sets))
+    layers.append(flags_layer(flags, FLAG_NAMES))
+    return build_settings(layers)
+
+
+def parse_int_list(text: Optional[str], flag: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise SteerError(f"{flag} expects comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def parse_str_list(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Path:
+    """The most recently modified run directory (one holding settings.yaml) under ``runs_dir``.
+
+    ``kind`` = "train" keeps training runs (they have metrics.jsonl), "eval" keeps eval outputs.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise SteerError(f"no run given and no {root}/ directory here; pass a run directory or file")
+    candidates = []
+    for settings_file in root.rglob("settings.yaml"):
+        run = settings_file.parent
+        if kind == "train" and not (run / "metrics.jsonl").exists():
+            continue
+        if kind == "eval" and not (run / "summary.json").exists():
+            continue
+        stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file()), default=0.0)
+        candidates.append((stamp, str(run)))
+    if not candidates:
+        what = {"train": "training run", "eval": "evaluation"}.get(kind or "", "run")
+        raise SteerError(f"no {what} found under {root}/; pass a directory or run `steer train` first")
+    return Path(max(candidates)[1])
+
+
+def info(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(message)
+
+
+def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a library function; SteerError becomes a one-line message and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except SteerError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        info("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"

@@ -1,0 +1,57 @@
+"""steer train: online RLOO training of steering vectors, a LoRA, or the full model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from steer_cli.cli import app
+from steer_cli.cli.common import CONFIG_HELP, PRESET_HELP, SET_HELP, doc, info, run_command, settings_from_cli
+
+
+@app.command("train")
+def train_command(
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=doc("model.name")),
+    setup: Optional[str] = typer.Option(None, "--setup", help=doc("setup.kind")),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=doc("data.dataset")),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=doc("data.data_dir")),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help=doc("output.output_dir")),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=doc("train.max_steps")),
+    prompts_per_step: Optional[int] = typer.Option(None, "--prompts-per-step", help=doc("train.prompts_per_step")),
+    num_generations: Optional[int] = typer.Option(None, "--num-generations", help=doc("rollout.num_generations")),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=doc("rollout.max_new_tokens")),
+    lr: Optional[float] = typer.Option(None, "--lr", help=doc("train.lr")),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help=doc("train.save_every")),
+    backend: Optional[str] = typer.Option(None, "--backend", help=doc("rollout.backend")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=doc("train.seed")),
+    resume: bool = typer.Option(False, "--resume", help=doc("output.resume")),
+    overwrite: bool = typer.Option(False, "--overwrite", help=doc("output.overwrite")),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    print_settings: bool = typer.Option(False, "--print-settings", help="Print the resolved settings as YAML and exit."),
+) -> None:
+    """Train with online RLOO on math problems (default: the built-in demo, minutes on a CPU)."""
+    flags = {
+        "model.name": model, "setup.kind": setup, "data.dataset": dataset, "data.data_dir": data_dir,
+        "output.output_dir": output_dir, "train.max_steps": max_steps,
+        "train.prompts_per_step": prompts_per_step, "rollout.num_generations": num_generations,
+        "rollout.max_new_tokens": max_new_tokens, "train.lr": lr, "train.save_every": save_every,
+        "rollout.backend": backend, "train.seed": seed,
+        "output.resume": resume or None, "output.overwrite": overwrite or None,
+    }
+    settings = run_command(settings_from_cli, preset=preset, config=config, sets=sets, flags=flags)
+    if print_settings:
+        print(settings.to_yaml(), end="")
+        return
+    if resume and overwrite:
+        from steer_cli.cli.common import fail
+
+        fail("--resume and --overwrite contradict each other; pick one")
+    from steer_cli.train.run import train
+
+    result = run_command(train, settings)
+    if result is not None:
+        info(f"[green]done[/green]: {result}")

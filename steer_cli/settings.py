@@ -1,0 +1,365 @@
+"""The typed settings object shared by every subcommand.
+
+Defaults live here and nowhere else. A run's settings are built in layers, lowest first:
+
+    defaults (this file) < preset (YAML) < --config FILE.yaml < --set key=value and flags
+
+Every layer is a nested dict; ``build_settings`` merges them, remembers which layer set each key,
+and validates the result, reporting every problem at once with the key and the flag or file at
+fault. ``Settings.to_yaml`` writes the fully resolved settings into each output directory, and
+``load_settings_file`` reads them back.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from steer_cli.errors import SteerError
+
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Group):
+    name: str = Field("demo", description="Base model: hub id, local directory, short name (e.g. Qwen2.5-Math-7B), or 'demo'.")
+    revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
+    trust_remote_code: bool = Field(False, description="Allow custom model code from the hub (off unless you ask).")
+    attn_implementation: Optional[str] = Field(None, description="transformers attention kernel (eager, sdpa, flash_attention_2).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class DataSettings(_Group):
+    dataset: str = Field("demo", description="Training set: deepscaler, gsm8k, math, demo, a local .jsonl/.json/.parquet, or a hub id.")
+    data_dir: Optional[str] = Field(None, description="Directory with <name>/train.jsonl files used before the hub.")
+    split: str = Field("train", description="Split to read from a hub dataset.")
+    problem_field: Optional[str] = Field(None, description="Field holding the problem text (default: guessed).")
+    answer_field: Optional[str] = Field(None, description="Field holding the gold answer (default: guessed).")
+    answer_format: Optional[Literal["plain", "gsm8k", "boxed_in", "list"]] = Field(None, description="How to read the answer field: plain, gsm8k ('#### x'), boxed_in (last \\boxed{}), list.")
+    max_prompt_tokens: Optional[int] = Field(None, gt=0, description="Drop problems whose rendered prompt is longer than this.")
+    limit: Optional[int] = Field(None, gt=0, description="Use only the first N problems.")
+    shuffle: bool = Field(True, description="Shuffle the training set with the run's seed.")
+
+
+class PromptSettings(_Group):
+    template: Literal["qwen_math", "chat", "r1", "plain", "custom"] = Field("qwen_math", description="Prompt template: qwen_math (chat template, else text), chat, r1, plain, custom.")
+    system_prompt: Optional[str] = Field(SYSTEM_PROMPT, description="System message for chat templates.")
+    format: Optional[str] = Field(None, description="Prompt text with {problem} for the custom template.")
+    append_to: bool = Field(False, description="Append 'To' after the generation prompt (reference-code option).")
+    stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion (default: the tokenizer's EOS).")
+
+
+class SteeringSettings(_Group):
+    place: Literal["layer_output", "down_proj_bias"] = Field("layer_output", description="Where the vector is added: end of the decoder layer, or the MLP down_proj output.")
+    layers: Optional[list[int]] = Field(None, description="Steer only these layer indices (default: all).")
+    init_vectors: Optional[str] = Field(None, description="Start from this vectors file instead of zeros.")
+
+
+class LoraSettings(_Group):
+    rank: int = Field(4, gt=0, description="LoRA rank.")
+    alpha: float = Field(4.0, gt=0, description="LoRA alpha (scaling = alpha / rank).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    init: Literal["default", "pissa"] = Field("default", description="LoRA initialisation: peft default or PiSSA.")
+    target: str = Field("down_proj", description="Module adapted: the MLP down projection ('down_proj').")
+
+
+class SetupSettings(_Group):
+    kind: Literal["steering", "lora", "full"] = Field("steering", description="What trains: steering vectors, a LoRA on down_proj, or all weights.")
+    steering: SteeringSettings = Field(default_factory=SteeringSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class VLLMSettings(_Group):
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory (RAM on CPU) the vLLM engine may take.")
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM tensor-parallel size.")
+    enforce_eager: bool = Field(False, description="Disable vLLM's compilation and CUDA graphs.")
+    max_model_len: Optional[int] = Field(None, gt=0, description="vLLM context length (default: prompt + completion budget).")
+
+
+class RolloutSettings(_Group):
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend: hf (transformers generate) or vllm.")
+    num_generations: int = Field(16, gt=0, description="Completions sampled per prompt (the RLOO group size).")
+    max_new_tokens: int = Field(1024, gt=0, description="Completion budget in tokens.")
+    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap; the budget is min(max_new_tokens, this - prompt).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int = Field(-1, ge=-1, description="Top-k sampling (-1 = off).")
+    batch_prompts: int = Field(8, gt=0, description="Prompts per generate call (hf backend).")
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+
+class TrainSettings(_Group):
+    prompts_per_step: int = Field(16, gt=0, description="Problems per optimizer step, across all processes.")
+    max_steps: Optional[int] = Field(None, gt=0, description="Optimizer steps (default: epochs x problems / prompts_per_step).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set when max_steps is not set.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    schedule: Literal["constant_with_warmup", "constant", "linear", "cosine"] = Field("constant_with_warmup", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: Optional[float] = Field(2.0, gt=0, description="Gradient clipping norm (null = off).")
+    advantage: Literal["rloo", "mean", "mean_std"] = Field("rloo", description="Advantage: rloo (leave-one-out), mean (group mean), mean_std (GRPO).")
+    reward_correct: float = Field(1.0, description="Reward of a correct completion.")
+    reward_wrong: float = Field(-1.0, description="Reward of a wrong completion (the reference uses -1; 0 is common).")
+    kl_coef: float = Field(0.0, ge=0, description="Coefficient of the per-token k3 KL to the base policy.")
+    micro_batch_size: int = Field(4, gt=0, description="Sequences per forward/backward pass (gradient accumulation beyond).")
+    seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
+    save_every: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps (default: a sixth of the run).")
+    keep_last: int = Field(5, gt=0, description="Checkpoints kept (older ones are deleted).")
+    max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite updates in a row.")
+    grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
+    grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Extra loggers through accelerate (tensorboard, wandb).")
+
+
+class EvalSettings(_Group):
+    benchmarks: list[str] = Field(default_factory=lambda: ["paper"], description="Benchmarks: names, 'paper' (the paper's six) or 'all'.")
+    data_dir: Optional[str] = Field(None, description="Directory with <benchmark>/test.jsonl files (default: the hub).")
+    samples: Optional[int] = Field(None, gt=0, description="Samples per problem (default: 32 for AIME/AMC, 1 otherwise).")
+    temperature: Optional[float] = Field(None, ge=0, description="Sampling temperature (default: 0 for a base model, 1.0 for a trained one).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Evaluation seeds; results are reported as mean ± std.")
+    limit: Optional[int] = Field(None, gt=0, description="Evaluate only the first N problems of each benchmark.")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget (default: rollout.max_new_tokens).")
+    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
+    mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
+
+
+class OutputSettings(_Group):
+    output_dir: Optional[str] = Field(None, description="Output directory (default: runs/<model>/<dataset>/<setup>/seed-<s>).")
+    runs_dir: str = Field("runs", description="Root of default output directories and of the most-recent-run lookup.")
+    overwrite: bool = Field(False, description="Replace an existing output directory.")
+    resume: bool = Field(False, description="Continue from the latest checkpoint in the output directory.")
+
+
+class Settings(_Group):
+    """Everything a steer command needs; each command reads the groups it uses."""
+
+    preset: Optional[str] = Field(None, description="Preset the settings started from.")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    setup: SetupSettings = Field(default_factory=SetupSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    # Which layer set each key ("default", "preset ...", "--lr", ...), for error messages.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# Keys that say how a run is carried out, not what it computes: resuming with other values is fine.
+RUNTIME_KEYS = frozenset({
+    "preset", "output.output_dir", "output.runs_dir", "output.overwrite", "output.resume",
+    "train.grader_workers", "train.grade_timeout", "train.trackers", "train.save_every",
+    "train.keep_last", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
+    "rollout.vllm.tensor_parallel_size", "rollout.batch_prompts", "train.micro_batch_size",
+    "eval", "data.data_dir",
+})
+
+
+# ---------------------------------------------------------------------------- field introspection
+
+def field_doc(key: str) -> str:
+    """The one-line description of a dotted settings key (shown in --help)."""
+    model: Any = Settings
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        info = model.model_fields[part]
+        if i == len(parts) - 1:
+            return info.description or ""
+        model = info.annotation
+    return ""
+
+
+def field_default(key: str) -> Any:
+    value: Any = Settings()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def all_keys(model: type[BaseModel] = Settings, prefix: str = "") -> list[str]:
+    """Every leaf key of the settings tree, dotted."""
+    keys = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(all_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _group_keys(model: type[BaseModel] = Settings, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.add(f"{prefix}{name}")
+            keys |= _group_keys(ann, f"{prefix}{name}.")
+    return keys
+
+
+# ---------------------------------------------------------------------------- layering
+
+class Layer:
+    """One source of settings: a nested dict plus a label for each key saying where it came from."""
+
+    def __init__(self, values: dict[str, Any], origin: str, key_origins: dict[str, str] | None = None):
+        self.values = values
+        self.origin = origin
+        self.key_origins = key_origins or {}
+
+    def origin_of(self, key: str) -> str:
+        return self.key_origins.get(key, self.origin)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted key: value}; settings groups are descended, other dicts kept whole."""
+    groups = _group_keys()
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and full in groups:
+            flat.update(flatten(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def parse_set(assignments: list[str], origin: str = "--set") -> Layer:
+    """``--set a.b=value`` pairs; values are parsed as YAML (numbers, bools, lists, null)."""
+    flat: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise SteerError(f"--set expects key=value (e.g. --set train.lr=1e-3), got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        flat[key] = value
+        origins[key] = f"--set {key}={raw}"
+    return Layer(unflatten(flat), origin, origins)
+
+
+def flags_layer(flags: dict[str, Any], flag_names: dict[str, str]) -> Layer:
+    """Command-line flags given as {dotted key: value}; None means 'not given' and is dropped."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return Layer(unflatten(given), "flags", {k: flag_names.get(k, k) for k in given})
+
+
+def read_yaml_file(path: str | Path, what: str) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SteerError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SteerError(f"{what} {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SteerError(f"cannot read {what} {path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SteerError(f"{what} {path} must hold a mapping of settings groups, not {type(data).__name__}")
+    return data
+
+
+def config_layer(path: str | Path) -> Layer:
+    return Layer(read_yaml_file(path, "config file"), f"config file {path}")
+
+
+def build_settings(layers: list[Layer]) -> Settings:
+    """Merge layers (later wins) and validate. All problems are reported in one SteerError."""
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    known = set(all_keys())
+    groups = _group_keys()
+    for layer in layers:
+        for key, value in flatten(layer.values).items():
+            if key not in known:
+                if key in groups:
+                    problems.append(f"{key} ({layer.origin_of(key)}): is a settings group, expected a mapping")
+                    continue
+                hint = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                tail = f"; did you mean {hint[0]}?" if hint else "; see `steer train --help` for settings"
+                problems.append(f"unknown setting {key} ({layer.origin_of(key)}){tail}")
+                continue
+            merged[key] = value
+            origins[key] = layer.origin_of(key)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(unflatten(merged))
+    except ValidationError as err:
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
+            origin = origins.get(key, "default")
+            value = merged.get(key, "<missing>")
+            problems.append(f"{key} = {value!r} ({origin}): {e['msg']}")
+    if problems:
+        raise SteerError(_format_problems(problems))
+    assert settings is not None
+    settings._origins = origins
+    return settings
+
+
+def _format_problems(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"invalid settings: {problems[0]}"
+    return "invalid settings:\n  " + "\n  ".join(problems)
+
+
+def origin_of(settings: Settings, key: str) -> str:
+    return settings._origins.get(key, "default")
+
+
+def load_settings_file(path: str | Path) -> Settings:
+    """Reload the settings.yaml written into an output directory."""
+    data = read_yaml_file(path, "settings file")
+    return build_settings([Layer(data, f"settings file {path}")])
+
+
+def diff_settings(a: Settings, b: Settings, *, ignore: frozenset[str] = RUNTIME_KEYS) -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between two settings, skipping ``ignore`` keys and groups."""
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    out = []
+    for key in sorted(set(fa) | set(fb)):
+        if key in ignore or any(key.startswith(g + ".") for g in ignore):
+            continue
+        if fa.get(key) != fb.get(key):
+            out.append((key, fa.get(key), fb.get(key)))
+    return out
