@@ -1,0 +1,516 @@
+"""Answer extraction and math-verify grading (the reward, and accuracy in eval).
+
+Follows the paper's code: the prediction is the last ``\\boxed{...}`` (``<answer>...</answer>``
+for the r1 template), the gold answer is ``\\boxed{answer}``, and the check is
+``math_verify.verify(parse(gold), parse(pred))`` with the library's default options. Small
+departures, all on malformed output: escaped braces (``\\{``) do not count when matching a box,
+a last box that never closes falls back to the previous complete one, ``\\boxed 5`` counts, and
+an ``<answer>`` block that holds a box is read through the box.
+
+math-verify's own timeouts use ``signal.alarm``: they work only in the main thread, and cannot stop
+work stuck inside C code (a huge integer power, say). ``is_correct`` therefore keeps the library
+defaults in the main thread and runs with no timeout elsewhere; ``Grader`` adds a hard per-item
+timeout by grading in worker processes that are killed when they overrun.
+
+This module imports only the standard library at top level (math_verify lazily), because it is also
+the entry point of the grader's worker processes, which must start cheaply and never load torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import numbers
+import re
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from itertools import accumulate, islice
+from multiprocessing.connection import wait
+from typing import Any, Sequence
+
+from steer_cli.errors import SteerError
+
+__all__ = [
+    "Grade",
+    "Grader",
+    "extract_answer",
+    "extract_boxed",
+    "gold_text",
+    "gold_to_boxed",
+    "is_correct",
+    "strict_match",
+]
+
+_BLANKS_RE = re.compile(r"\s*")
+_NOT_BRACE_BYTES = bytes(b for b in range(256) if b not in b"{}")
+_BRACE_BYTE_VALUE = [1 if b == ord("{") else -1 if b == ord("}") else 0 for b in range(256)]
+# Escaped braces and backslashes are skipped so `\left\{ x \right.` inside a box stays balanced.
+_BRACE_RE = re.compile(r"\\[\\{}]|[{}]")
+_TOKEN_RE = re.compile(r"[^\s$]+")
+_INT_FLOAT_RE = re.compile(r"^([+-]?\d+)\.0*$")
+_WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction (pure, linear-time)
+# --------------------------------------------------------------------------------------------------
+
+
+def _running_balance(text: str, start: int, end: int | None = None) -> list[int]:
+    """Brace balance of text[start:end] after each real (unescaped) brace, from 0.
+
+    Built from C-speed string operations so a megabyte of braces costs milliseconds."""
+    seg = text[start:end].replace("\\\\", "").replace("\\{", "").replace("\\}", "")
+    braces = seg.encode("utf-8", "ignore").translate(None, _NOT_BRACE_BYTES)
+    return list(accumulate(map(_BRACE_BYTE_VALUE.__getitem__, braces), initial=0))
+
+
+def _fold(text: str, start: int, end: int, min_after: int) -> int:
+    """Lowest prefix brace balance of text[start:], given that of text[end:] ({ = +1, } = -1)."""
+    seg = text[start:end]
+    if "}" not in seg and "\\{" not in seg:  # only opening braces: the usual junk
+        return min(0, seg.count("{") + min_after)
+    run = _running_balance(text, start, end)
+    return min(min(run), run[-1] + min_after)
+
+
+def _brace_content(text: str, open_pos: int) -> str:
+    """Content of the group opening at open_pos, which the caller knows closes."""
+    n_braces = _running_balance(text, open_pos).index(0, 1)  # braces up to the closing one
+    real_braces = (m for m in _BRACE_RE.finditer(text, open_pos) if len(m.group()) == 1)
+    close = next(islice(real_braces, n_braces - 1, None))
+    return text[open_pos + 1 : close.start()]
+
+
+def _last_complete_box(text: str, command: str) -> str | None:
+    """Walks the occurrences of `command` from the last one back, keeping the lowest prefix brace
+    balance of the text after the current one: its `{` closes iff that balance goes below zero.
+    Each character is looked at a bounded number of times, so this is linear."""
+    needle = "\\" + command
+    n = len(text)
+    search_end = n
+    folded_from, min_after = n, 0
+    while True:
+        start = text.rfind(needle, 0, search_end)
+        if start < 0:
+            return None
+        search_end = start
+        arg = start + len(needle)
+        if arg < n and text[arg].isalpha():  # a longer command name, not ours
+            continue
+        arg = _BLANKS_RE.match(text, arg).end()
+        if arg < n and text[arg] == "{":
+            min_after = _fold(text, arg + 1, folded_from, min_after)
+            folded_from = arg + 1
+            if min_after < 0:
+                return _brace_content(text, arg)
+        elif arg > start + len(needle):  # `\boxed 5`: one token, no braces
+            tok = _TOKEN_RE.match(text, arg)
+            if tok is not None:
+                return tok.group().rstrip(".,;")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last complete `\\boxed{...}` (nested braces matched), else of `\\fbox{...}`.
+
+    `\\boxed 5` (a blank and one token, no braces) counts too. A last box that never closes falls
+    back to the previous complete one. Linear in len(text).
+    """
+    boxed = _last_complete_box(text, "boxed")
+    if boxed is not None:
+        return boxed
+    return _last_complete_box(text, "fbox")
+
+
+def extract_answer(completion: str, template: str = "qwen_math") -> str | None:
+    """The model's final answer: last boxed content, or for "r1" the last `<answer>` block."""
+    if template == "r1":
+        close = completion.rfind("</answer>")
+        if close < 0:
+            return None
+        open_ = completion.rfind("<answer>", 0, close)
+        if open_ < 0:
+            return None
+        answer = completion[open_ + len("<answer>") : close]
+        if "\\boxed" in answer or "\\fbox" in answer:
+            boxed = extract_boxed(answer)
+            if boxed is not None:
+                answer = boxed
+    else:
+        answer = extract_boxed(completion)
+    if answer is None or not answer.strip():
+        return None
+    return answer.strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# Gold answers
+# --------------------------------------------------------------------------------------------------
+
+
+def _unwrap_math(s: str) -> str:
+    s = s.strip()
+    changed = True
+    while changed:
+        changed = False
+        for left, right in _WRAPPERS:
+            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s = s[len(left) : len(s) - len(right)].strip()
+                changed = True
+    return s
+
+
+def gold_text(answer: Any) -> str:
+    """Gold answer as a plain string: 27.0 -> "27", lists joined with ", ", `$...$` removed.
+
+    Raises SteerError for a missing (None/empty) or unsupported answer: that is a data bug.
+    """
+    if isinstance(answer, (list, tuple)):
+        if not answer:
+            raise SteerError("a gold answer is an empty list; fix the dataset's answer field")
+        return ", ".join(gold_text(a) for a in answer)
+    if isinstance(answer, bool) or answer is None:
+        raise SteerError(f"a gold answer is {answer!r}; fix the dataset's answer field")
+    if isinstance(answer, numbers.Integral):
+        return str(int(answer))
+    if isinstance(answer, float):
+        return str(int(answer)) if answer.is_integer() else repr(answer)
+    if isinstance(answer, numbers.Real):  # Fraction, Decimal
+        return str(int(answer)) if answer == int(answer) else str(answer)
+    if not isinstance(answer, str):
+        raise SteerError(
+            f"a gold answer has type {type(answer).__name__}; use a string, a number or a list"
+        )
+    s = _unwrap_math(answer)
+    if "\\boxed" in s or "\\fbox" in s:
+        boxed = extract_boxed(s)
+        if boxed is not None:
+            s = boxed.strip()
+    m = _INT_FLOAT_RE.match(s)
+    if m:
+        s = str(int(m.group(1)))
+    if not s:
+        raise SteerError(f"a gold answer is empty ({answer!r}); fix the dataset's answer field")
+    return s
+
+
+def gold_to_boxed(answer: Any) -> str:
+    """`\\boxed{...}` of the normalised gold answer, the string fed to math_verify.parse."""
+    return "\\boxed{" + gold_text(answer) + "}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------------------------------
+
+
+def _verify_boxed(gold_boxed: str, pred_boxed: str) -> bool:
+    """math_verify.verify(parse(gold), parse(pred)); any error, timeout included, is False."""
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    if threading.current_thread() is threading.main_thread():
+        parse_kw: dict[str, Any] = {}  # library defaults, as the paper
+        verify_kw: dict[str, Any] = {}
+    else:
+        # signal.alarm is main-thread only: math-verify raises otherwise. No soft timeout here.
+        parse_kw = {"parsing_timeout": None}
+        verify_kw = {"timeout_seconds": None}
+    try:
+        gold = parse(gold_boxed, **parse_kw)
+        pred = parse(pred_boxed, **parse_kw)
+        return bool(verify(gold, pred, **verify_kw))
+    except (Exception, TimeoutException):
+        return False
+
+
+def _boxed(content: str) -> str:
+    return "\\boxed{" + content + "}"
+
+
+def is_correct(completion: str, answer: Any, *, template: str = "qwen_math") -> bool:
+    """True when the completion's final answer equals the gold answer per math-verify.
+
+    No answer is wrong; a parse/verify error is wrong. In-process: math-verify's timeouts apply
+    only in the main thread, and nothing stops a pathological input in C code (use Grader).
+    A missing gold answer raises SteerError.
+    """
+    gold_boxed = gold_to_boxed(answer)
+    pred = extract_answer(completion, template)
+    if pred is None:
+        return False
+    return _verify_boxed(gold_boxed, _boxed(pred))
+
+
+def strict_match(completion: str, answer: Any, template: str = "qwen_math") -> bool:
+    """Exact string match of the extracted answer and the normalised gold (metrics only)."""
+    pred = extract_answer(completion, template)
+    return pred is not None and pred == gold_text(answer)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch grading with a hard per-item timeout
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grade:
+    """One graded item. timed_out: the hard timeout killed its worker (correct is then False)."""
+
+    correct: bool
+    has_answer: bool
+    strict: bool
+    timed_out: bool
+
+
+_READY = "ready"
+_WARM_UP = (
+    (r"\boxed{\frac{1}{2}}", r"\boxed{0.5}"),
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\boxed{(3, \frac{\pi}{2}]}"),
+    (r"\boxed{x^2+2x+1}", r"\boxed{(x+1)^2}"),
+)
+_START_TIMEOUT_S = 120.0
+_MAX_START_FAILURES = 3
+
+
+def _worker_main(conn: Any) -> None:
+    """Worker loop: receive (seq, gold_boxed, pred_boxed), reply (seq, correct). EOF ends it."""
+    # Ctrl-C is the parent's to handle; it kills workers it no longer needs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # math-verify logs each soft timeout; in a worker there is no one to read it.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # The first parse/verify of a kind costs up to a second (lazy imports inside sympy and the
+    # LaTeX parser): pay it here, so it does not count against the first item's timeout.
+    for gold, pred in _WARM_UP:
+        _verify_boxed(gold, pred)
+    conn.send(_READY)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        seq, gold_boxed, pred_boxed = msg
+        conn.send((seq, _verify_boxed(gold_boxed, pred_boxed)))
+
+
+def _worker_context() -> Any:
+    """forkserver where there is one, else spawn: both start workers from a fresh interpreter, never
+    by forking this (possibly multi-threaded, torch-holding) process. The fork server imports
+    math_verify once, so a replacement for a killed worker skips that import."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        # No effect if the fork server already runs (started elsewhere): workers then import it.
+        ctx.set_forkserver_preload(["__main__", __name__, "math_verify"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class _Worker:
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=_worker_main, args=(child,), daemon=True, name="steer-grader"
+        )
+        self.process.start()
+        child.close()
+        self.started = time.monotonic()
+        self.ready = False
+
+    def ask_to_exit(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+
+    def stop(self, graceful: bool = False) -> None:
+        if graceful:
+            self.process.join(1.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(1.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+        self.process.close()
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.ask_to_exit()
+    while workers:
+        w = workers.pop()
+        w.stop(graceful=w.ready)  # one still importing would not read the request soon
+
+
+@dataclass
+class _Job:
+    index: int
+    gold_boxed: str
+    pred_boxed: str
+    strict: bool
+
+
+class Grader:
+    """Grades (completion, gold answer) pairs in long-lived worker processes.
+
+    Each item gets at most `timeout` seconds of a worker; an overrunning worker is killed and
+    replaced and its item graded wrong with timed_out=True. A crashed worker's item is graded
+    wrong too. num_workers=0 grades in-process (no hard timeout; for debugging).
+
+    Workers come from multiprocessing's fork server ("spawn" where there is none), never from a
+    fork of this process: safe when it holds torch threads, and callable from any thread. Like
+    spawned processes, the fork server imports the parent's `__main__` script: keep a script's
+    work under `if __name__ == "__main__":`. Graded items run in the workers' main thread, so
+    math-verify's own (soft) timeouts stay active there too.
+    """
+
+    def __init__(
+        self, num_workers: int = 2, timeout: float = 5.0, template: str = "qwen_math"
+    ) -> None:
+        if num_workers < 0:
+            raise SteerError(f"grader num_workers must be >= 0, got {num_workers}")
+        if not timeout > 0:
+            raise SteerError(f"grader timeout must be > 0 seconds, got {timeout}")
+        self.num_workers = num_workers
+        self.timeout = float(timeout)
+        self.template = template
+        self._ctx = _worker_context()
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self._start_failures = 0
+        self._finalizer = weakref.finalize(self, _stop_all, self._workers)
+        for _ in range(num_workers):
+            self._workers.append(_Worker(self._ctx))
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    @property
+    def worker_pids(self) -> list[int | None]:
+        """Process ids of the current workers (diagnostics)."""
+        return [w.process.pid for w in self._workers]
+
+    def grade(self, items: Sequence[tuple[str, Any]]) -> list[Grade]:
+        """Grades of (completion, gold answer) items, in the items' order."""
+        if self._closed:
+            raise SteerError("this Grader is closed; create a new one")
+        results: list[Grade | None] = [None] * len(items)
+        jobs: list[_Job] = []
+        for i, (completion, answer) in enumerate(items):
+            gold = gold_text(answer)  # a bad gold answer raises here, before any work
+            pred = extract_answer(completion, self.template)
+            if pred is None:
+                results[i] = Grade(correct=False, has_answer=False, strict=False, timed_out=False)
+            else:
+                jobs.append(_Job(i, _boxed(gold), _boxed(pred), pred == gold))
+        if self.num_workers == 0:
+            for job in jobs:
+                ok = _verify_boxed(job.gold_boxed, job.pred_boxed)
+                results[job.index] = Grade(ok, True, job.strict, False)
+        elif jobs:
+            with self._lock:
+                self._run(jobs, results)
+        return results  # type: ignore[return-value]
+
+    # -- worker pool -------------------------------------------------------------------------------
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.stop()
+        self._workers[self._workers.index(worker)] = _Worker(self._ctx)
+
+    def _start_failed(self, worker: _Worker, why: str) -> None:
+        self._start_failures += 1
+        if self._start_failures >= _MAX_START_FAILURES:
+            raise SteerError(
+                f"grader worker processes keep failing to start ({why}); if you use Grader from "
+                "a script, put the script's code under `if __name__ == '__main__':`, or use "
+                "num_workers=0"
+            )
+        self._replace(worker)
+
+    def _run(self, jobs: list[_Job], results: list[Grade | None]) -> None:
+        pending = deque(jobs)
+        busy: dict[_Worker, tuple[_Job, float]] = {}
+        seq_of: dict[_Worker, int] = {}
+        try:
+            while pending or busy:
+                for w in list(self._workers):
+                    if w.ready and w not in busy and pending:
+                        if not w.process.is_alive():  # died while idle
+                            self._replace(w)
+                            continue
+                        job = pending.popleft()
+                        try:
+                            w.conn.send((job.index, job.gold_boxed, job.pred_boxed))
+                        except (OSError, ValueError):
+                            pending.appendleft(job)  # never reached the worker: retry elsewhere
+                            self._replace(w)
+                            continue
+                        busy[w] = (job, time.monotonic() + self.timeout)
+                        seq_of[w] = job.index
+
+                now = time.monotonic()
+                deadlines = [d for _, d in busy.values()]
+                deadlines += [w.started + _START_TIMEOUT_S for w in self._workers if not w.ready]
+                wait_s = max(0.0, min(deadlines) - now) if deadlines else 0.0
+                waitables: list[Any] = [w.conn for w in self._workers]
+                waitables += [w.process.sentinel for w in self._workers]
+                ready = set(wait(waitables, timeout=wait_s))
+
+                for w in list(self._workers):
+                    if w.conn in ready:
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            msg = None
+                        if msg == _READY:
+                            w.ready = True
+                            self._start_failures = 0
+                            continue
+                        if msg is not None and w in busy and msg[0] == seq_of[w]:
+                            job, _ = busy.pop(w)
+                            results[job.index] = Grade(bool(msg[1]), True, job.strict, False)
+                            continue
+                    if w.conn in ready or w.process.sentinel in ready:
+                        if w.process.is_alive() and w.conn not in ready:
+                            continue
+                        # The worker died (or sent garbage): its item, if any, is graded wrong.
+                        if w in busy:
+                            job, _ = busy.pop(w)
+                            results[job.index] = Grade(False, True, job.strict, False)
+                            self._replace(w)
+                        elif not w.ready:
+                            self._start_failed(w, f"exit code {w.process.exitcode}")
+                        else:
+                            self._replace(w)
+
+                now = time.monotonic()
+                for w, (job, deadline) in list(busy.items()):
+                    if now >= deadline:
+                        del busy[w]
+                        results[job.index] = Grade(False, True, job.strict, True)
+                        self._replace(w)
+                for w in list(self._workers):
+                    if not w.ready and now >= w.started + _START_TIMEOUT_S:
+                        self._start_failed(w, f"not ready after {_START_TIMEOUT_S:.0f} s")
+        finally:
+            # Interrupted mid-batch: workers still busy would answer stale items later.
+            for w in list(busy):
+                if w in self._workers:
+                    self._replace(w)
