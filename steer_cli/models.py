@@ -92,9 +92,18 @@ def pick_dtype(dtype: str, device: Any) -> Any:
     return getattr(torch, dtype)
 
 
+def quiet_transformers() -> None:
+    """No per-shard progress bars or advisory warnings from transformers in our output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     path = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
@@ -118,6 +127,7 @@ def load_causal_lm(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    quiet_transformers()
     path = resolve_model(name)
     try:
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)

@@ -53,3 +53,44 @@ def make_model(model_type: str, seed: int = 0, **overrides):
 def sample_ids(batch: int = 2, length: int = 7, vocab: int = 96, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, length), generator=g)
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(chat_template: bool = True):
+    """A byte-level tokenizer (256 byte tokens + 3 specials), no merges: tiny and lossless."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    if chat_template:
+        tok.chat_template = CHATML
+    return tok
+
+
+def save_tiny_lm(path, model_type: str = "qwen2", seed: int = 0, chat_template: bool = True, **overrides):
+    """A tiny random causal LM + byte tokenizer saved like a hub checkpoint; returns the path."""
+    tok = make_tokenizer(chat_template)
+    kwargs = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, intermediate_size=128, max_position_embeddings=1024,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+                  tie_word_embeddings=False)
+    kwargs.update(overrides)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path

@@ -55,6 +55,11 @@ def load_train_set(
         raise SteerError(f"limit must be a positive number of problems, got {limit}")
     text = str(name_or_path)
     key = text.lower()
+    if key == "demo" and not isinstance(name_or_path, Path):
+        from steer_cli.demo import DEMO_DATA_DIR
+
+        name_or_path = DEMO_DATA_DIR / f"{split}.jsonl"
+        text = str(name_or_path)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SteerError(
             f"data directory {data_dir} does not exist; pass an existing --data-dir or leave it out"

@@ -79,3 +79,24 @@ def render_prompt(tokenizer: Any, problem: str, template: str = "qwen_math", **k
     """Token ids of the rendered prompt."""
     text = render_prompt_text(tokenizer, problem, template, **kwargs)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def stop_token_ids(tokenizer: Any, stops: list[str] | tuple[str, ...] = ()) -> tuple[int, ...]:
+    """Token ids that end a completion: the given stop tokens, else the tokenizer's EOS.
+
+    Each stop must be a single token of the vocabulary (``<|im_end|>``, ``<|eot_id|>`` ...).
+    """
+    if not stops:
+        if tokenizer.eos_token_id is None:
+            raise SteerError("the tokenizer has no EOS token; set prompt.stop to the token that ends an answer")
+        return (int(tokenizer.eos_token_id),)
+    ids = []
+    vocab = tokenizer.get_vocab()
+    for stop in stops:
+        if stop not in vocab:
+            raise SteerError(
+                f"stop token {stop!r} (prompt.stop) is not a single token of this tokenizer; "
+                f"use one of its special tokens, e.g. {tokenizer.eos_token!r}"
+            )
+        ids.append(int(vocab[stop]))
+    return tuple(dict.fromkeys(ids))

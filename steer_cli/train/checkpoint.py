@@ -1,0 +1,138 @@
+"""Checkpoints: ``checkpoint-<step>/`` directories written atomically, and ``final/``.
+
+A checkpoint holds what trains (``vectors.safetensors``, a peft ``adapter/``, or the full
+``model/``) and the trainer's state: optimizer and scheduler (``optimizer.pt``, read back with
+``torch.load(weights_only=True)``), RNG states and counters (``trainer_state.json``,
+``rng.pt``). Each directory is built under a temporary name and renamed into place, so a kill
+during a save leaves the previous checkpoint intact; only complete ones carry the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from steer_cli.errors import SteerError
+from steer_cli.io import atomic_dir
+from steer_cli.vectors import load_vectors, save_vectors
+
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def write_trained(directory: Path, trainable: Any, *, vectors_meta: dict[str, Any], tokenizer: Any = None) -> None:
+    """Write what the setup trains into ``directory`` (which exists)."""
+    if trainable.kind == "steering":
+        save_vectors(directory / "vectors.safetensors", trainable.steering.vectors, **vectors_meta)
+    elif trainable.kind == "lora":
+        trainable.model.save_pretrained(str(directory / "adapter"), safe_serialization=True)
+    else:
+        trainable.model.save_pretrained(str(directory / "model"), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory / "model"))
+
+
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    trainable: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    *,
+    vectors_meta: dict[str, Any],
+    tokenizer: Any = None,
+    name: str | None = None,
+) -> Path:
+    target = out_dir / (name or f"checkpoint-{step}")
+    with atomic_dir(target) as tmp:
+        write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        full_state = dict(state, step=step, python_rng=_py_rng_state(), numpy_rng=_np_rng_state())
+        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
+    return target
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    if out_dir.is_dir():
+        for child in out_dir.iterdir():
+            m = _CKPT_RE.match(child.name)
+            if m and child.is_dir() and (child / STATE_FILE).exists():
+                found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(out_dir: Path, keep_last: int) -> None:
+    for _, path in list_checkpoints(out_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Restore trained parameters, optimizer, scheduler and RNG; returns the trainer state."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    except (OSError, json.JSONDecodeError, RuntimeError) as err:
+        raise SteerError(f"checkpoint {path} is unreadable ({err}); delete it to resume from an earlier one") from None
+    if trainable.kind == "steering":
+        vectors, _ = load_vectors(path / "vectors.safetensors")
+        trainable.steering.set(vectors)
+    elif trainable.kind == "lora":
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(trainable.model, weights)
+    else:
+        from safetensors.torch import load_file
+
+        model_dir = path / "model"
+        files = sorted(model_dir.glob("*.safetensors"))
+        merged: dict[str, torch.Tensor] = {}
+        for f in files:
+            merged.update(load_file(str(f)))
+        missing, unexpected = trainable.model.load_state_dict(merged, strict=False)
+        real_missing = [k for k in missing if k not in getattr(trainable.model, "_tied_weights_keys", {})]
+        if unexpected or (real_missing and not merged):
+            raise SteerError(f"checkpoint {path} does not match the model (unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    torch.set_rng_state(rng["torch"])
+    _set_py_rng_state(state.get("python_rng"))
+    _set_np_rng_state(state.get("numpy_rng"))
+    return state
+
+
+def _py_rng_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_py_rng_state(state: list[Any] | None) -> None:
+    if state:
+        random.setstate((state[0], tuple(state[1]), state[2]))
+
+
+def _np_rng_state() -> list[Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _set_np_rng_state(state: list[Any] | None) -> None:
+    if state:
+        np.random.set_state((state[0], np.array(state[1], dtype=np.uint32), state[2], state[3], state[4]))

@@ -1,0 +1,66 @@
+"""What ``steer train`` shows while it runs: a rich progress bar with the last step's numbers on a
+terminal, one plain line per step otherwise (logs, CI)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def step_line(m: dict[str, Any], total: int) -> str:
+    parts = [
+        f"step {m['step']}/{total}",
+        f"reward {m['reward_mean']:+.3f}",
+        f"acc {m['accuracy']:.3f}",
+        f"len {m['completion_len_mean']:.1f}",
+        f"trunc {m['frac_truncated']:.2f}",
+        f"loss {m['loss']:+.4f}",
+        f"gnorm {m['grad_norm']:.3g}",
+        f"{m['time_step']:.1f}s",
+    ]
+    if m.get("skipped_nonfinite"):
+        parts.append("SKIPPED (non-finite)")
+    return "  ".join(parts)
+
+
+class Display:
+    def __init__(self, total: int, start: int, *, enabled: bool, out_dir: Path, info: str) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.console.print(f"[bold]steer train[/bold] {info}")
+        if start:
+            self.console.print(f"resuming at step {start}")
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                console=self.console, transient=False,
+            )
+            self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+            self.progress.start()
+
+    def update(self, m: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            stats = (f"reward {m['reward_mean']:+.2f} acc {m['accuracy']:.2f} "
+                     f"len {m['completion_len_mean']:.0f}/{m['completion_len_max']}")
+            self.progress.update(self.task, completed=m["step"], stats=stats)
+            if m.get("skipped_nonfinite"):
+                self.progress.console.print(f"step {m['step']}: non-finite loss or gradient, update skipped")
+        else:
+            print(step_line(m, self.total), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,577 @@
+"""``steer train``: online RLOO with steering vectors, a LoRA, or the full model.
+
+Each step: take ``prompts_per_step`` problems (sharded across processes), sample
+``num_generations`` completions per prompt with the current policy, grade them, turn rewards into
+group advantages, and take one optimizer step on
+``-sum_i A_i * sum_t log pi(y_it) / (generated tokens in the global batch)``.
+Runs unchanged under ``accelerate launch`` / ``torchrun``: gradients of the trainable parameters
+are summed across processes, so every process holds identical parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from steer_cli.errors import SteerError
+from steer_cli.io import append_jsonl, atomic_dir, atomic_write_text
+from steer_cli.settings import Settings, diff_settings, load_settings_file
+from steer_cli.train.checkpoint import (
+    STATE_FILE,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    write_trained,
+)
+
+
+# ------------------------------------------------------------------------------------ settings
+
+def check_training_settings(s: Settings) -> None:
+    """Cross-field checks that pydantic's per-field validation cannot express."""
+    problems = []
+    if s.train.advantage in ("rloo", "mean", "mean_std") and s.rollout.num_generations < 2:
+        problems.append(
+            f"rollout.num_generations = {s.rollout.num_generations} (--num-generations): "
+            f"{s.train.advantage} advantages compare completions of the same prompt; use at least 2"
+        )
+    if s.rollout.temperature <= 0:
+        problems.append("rollout.temperature must be > 0 for training (log-probs use logits / T)")
+    if s.output.resume and s.output.overwrite:
+        problems.append("--resume and --overwrite contradict each other; pick one")
+    if problems:
+        raise SteerError("invalid settings:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
+
+
+def setup_label(s: Settings) -> str:
+    if s.preset and s.preset.count("/") == 2:
+        return s.preset.rsplit("/", 1)[1]
+    label = s.setup.kind
+    if s.setup.kind == "lora" and s.setup.lora.rank != 4:
+        label += f"-r{s.setup.lora.rank}"
+    if s.setup.kind == "steering" and s.setup.steering.layers:
+        label += "-layer-" + "-".join(map(str, s.setup.steering.layers))
+    return label
+
+
+def dataset_slug(name: str) -> str:
+    path = Path(name)
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        return path.stem
+    return path.name or name
+
+
+def default_output_dir(s: Settings) -> Path:
+    from steer_cli.models import model_slug
+
+    return (Path(s.output.runs_dir) / model_slug(s.model.name) / dataset_slug(s.data.dataset)
+            / setup_label(s) / f"seed-{s.train.seed}")
+
+
+def check_output_dir(out_dir: Path, s: Settings) -> None:
+    """Refuse to touch someone else's files; check a resumed run's settings. No side effects."""
+    exists = out_dir.exists()
+    if exists and not out_dir.is_dir():
+        raise SteerError(f"output path {out_dir} exists and is not a directory")
+    non_empty = exists and any(out_dir.iterdir())
+    settings_file = out_dir / "settings.yaml"
+    if s.output.resume:
+        if not settings_file.exists():
+            raise SteerError(f"--resume: {out_dir} holds no steer run (no settings.yaml); drop --resume to start one")
+        previous = load_settings_file(settings_file)
+        diffs = diff_settings(previous, s)
+        if diffs:
+            lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:12])
+            raise SteerError(
+                f"--resume: these settings differ from the run in {out_dir} and would change its results: "
+                f"{lines}. Use the run's settings, or a new --output-dir"
+            )
+        if latest_checkpoint(out_dir) is None:
+            raise SteerError(f"--resume: {out_dir} has no checkpoint yet; start over with --overwrite")
+        return
+    if non_empty:
+        if not s.output.overwrite:
+            raise SteerError(
+                f"output directory {out_dir} exists and is not empty; pass --resume to continue that run, "
+                "--overwrite to replace it, or another --output-dir"
+            )
+        if not settings_file.exists():
+            raise SteerError(
+                f"--overwrite: {out_dir} is not a steer run directory (no settings.yaml); "
+                "refusing to delete its contents, choose another --output-dir"
+            )
+    probe = out_dir if exists else next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise SteerError(f"cannot write to output directory {out_dir} ({probe} is not writable)")
+
+
+def init_output_dir(out_dir: Path, s: Settings) -> None:
+    """Clear an --overwrite'd run and write settings.yaml (after check_output_dir and loading)."""
+    if s.output.resume:
+        return
+    try:
+        if out_dir.exists() and s.output.overwrite:
+            for child in out_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "settings.yaml", s.to_yaml())
+    except OSError as err:
+        raise SteerError(f"cannot write to output directory {out_dir}: {err.strerror or err}") from None
+
+
+# ------------------------------------------------------------------------------------ data
+
+@dataclass
+class Example:
+    id: str
+    prompt_ids: list[int]
+    answer: str
+
+
+class DataOrder:
+    """Which problems each step takes: a seeded permutation per epoch, concatenated."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if self.shuffle:
+                self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+            else:
+                self._perms[epoch] = np.arange(self.size)
+        return self._perms[epoch]
+
+    def indices(self, step: int, per_step: int) -> list[int]:
+        start = step * per_step
+        return [int(self._perm((start + k) // self.size)[(start + k) % self.size]) for k in range(per_step)]
+
+
+def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str, int]]:
+    from steer_cli.data.datasets import load_train_set
+    from steer_cli.data.prompts import render_prompt
+    from steer_cli.data.records import FieldMap
+
+    fields = None
+    if s.data.problem_field or s.data.answer_field or s.data.answer_format:
+        fields = FieldMap(problem=s.data.problem_field or "problem", answer=s.data.answer_field or "answer",
+                          answer_kind=s.data.answer_format or "plain")
+    problems, skipped = load_train_set(s.data.dataset, data_dir=s.data.data_dir, fields=fields,
+                                       split=s.data.split, limit=s.data.limit)
+    examples, too_long = [], 0
+    cap = s.data.max_prompt_tokens
+    seq_cap = s.rollout.max_seq_length
+    for p in problems:
+        ids = render_prompt(tokenizer, p.problem, s.prompt.template, system_prompt=s.prompt.system_prompt,
+                            fmt=s.prompt.format, append_to=s.prompt.append_to)
+        if (cap and len(ids) > cap) or (seq_cap and len(ids) >= seq_cap):
+            too_long += 1
+            continue
+        examples.append(Example(p.id, ids, p.answer))
+    if not examples:
+        raise SteerError(
+            f"no usable training problems in {s.data.dataset}: {len(problems)} loaded, {too_long} with prompts "
+            "over the length limit (data.max_prompt_tokens / rollout.max_seq_length)"
+        )
+    return examples, {"problems": len(problems), "skipped_rows": skipped, "too_long": too_long}
+
+
+def step_seed(seed: int, step: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"rollout:{seed}:{step}".encode()).digest()[:4], "little")
+
+
+# ------------------------------------------------------------------------------------ training
+
+class Trainer:
+    """One training run. ``run()`` returns the output directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        check_training_settings(settings)
+        self.s = settings
+
+    # -- setup -------------------------------------------------------------------------------
+    def _init_distributed(self) -> None:
+        from accelerate import Accelerator
+
+        trackers = list(self.s.train.trackers)
+        kwargs: dict[str, Any] = {}
+        if trackers:
+            kwargs.update(log_with=trackers, project_dir=str(self.out_dir))
+        self.acc = Accelerator(**kwargs)
+        self.rank = self.acc.process_index
+        self.world = self.acc.num_processes
+        self.main = self.acc.is_main_process
+        if self.s.train.prompts_per_step % self.world:
+            raise SteerError(
+                f"train.prompts_per_step = {self.s.train.prompts_per_step} (--prompts-per-step) must be "
+                f"divisible by the number of processes ({self.world})"
+            )
+
+    def _setup(self) -> None:
+        from steer_cli.data.prompts import stop_token_ids
+        from steer_cli.models import load_causal_lm, load_tokenizer
+        from steer_cli.patching.setups import prepare_setup
+        from steer_cli.vectors import load_vectors, unembed_sha256
+
+        s = self.s
+        self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
+        self._init_distributed()
+        check_output_dir(self.out_dir, s)
+        torch.manual_seed(s.train.seed)
+        np.random.seed(s.train.seed % 2**32)
+        self.tokenizer = load_tokenizer(s.model.name, revision=s.model.revision,
+                                        trust_remote_code=s.model.trust_remote_code)
+        self.examples, self.data_counts = load_examples(s, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.tokenizer, s.prompt.stop)
+        model = load_causal_lm(s.model.name, dtype=s.model.dtype, device=self.acc.device, revision=s.model.revision,
+                               trust_remote_code=s.model.trust_remote_code,
+                               attn_implementation=s.model.attn_implementation)
+        if s.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        init = None
+        if s.setup.steering.init_vectors:
+            init, _ = load_vectors(s.setup.steering.init_vectors)
+        self.trainable = prepare_setup(
+            model, s.setup.kind, vectors=init, layers=s.setup.steering.layers, place=s.setup.steering.place,
+            lora_rank=s.setup.lora.rank, lora_alpha=s.setup.lora.alpha, lora_dropout=s.setup.lora.dropout,
+            lora_init=s.setup.lora.init,
+        )
+        from steer_cli.patching.archs import locate
+
+        self.unembed_hash = unembed_sha256(locate(model).unembed.weight)
+        per_epoch = len(self.examples) // s.train.prompts_per_step
+        self.total_steps = s.train.max_steps or max(1, int(s.train.epochs * per_epoch))
+        self.save_every = s.train.save_every or max(1, math.ceil(self.total_steps / 6))
+        self.optimizer = torch.optim.AdamW(
+            self.trainable.params, lr=s.train.lr, betas=(s.train.adam_beta1, s.train.adam_beta2),
+            eps=s.train.adam_eps, weight_decay=s.train.weight_decay,
+        )
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            s.train.schedule, self.optimizer,
+            num_warmup_steps=math.ceil(s.train.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.order = DataOrder(len(self.examples), s.train.seed, s.data.shuffle)
+        self.data_fingerprint = hashlib.sha256("\n".join(e.id for e in self.examples).encode()).hexdigest()[:16]
+        if self.main:
+            init_output_dir(self.out_dir, s)
+        self.acc.wait_for_everyone()
+        self.backend = self._make_backend()
+
+    def _make_backend(self) -> Any:
+        if self.s.rollout.backend == "hf":
+            from steer_cli.rollout.hf import HFBackend
+
+            return HFBackend(self.trainable.model, self.tokenizer, batch_prompts=self.s.rollout.batch_prompts)
+        from steer_cli.rollout.factory import make_vllm_backend
+
+        return make_vllm_backend(self.s, self.trainable, max_prompt_len=max(len(e.prompt_ids) for e in self.examples))
+
+    def vectors_meta(self, step: int) -> dict[str, Any]:
+        t = self.trainable
+        return {
+            "base_model": self.s.model.name,
+            "layers": list(t.steering.layers) if t.steering else None,
+            "place": t.steering.place if t.steering else None,
+            "setup": self.s.setup.kind,
+            "step": step,
+            "seed": self.s.train.seed,
+            "dataset": self.s.data.dataset,
+            "preset": self.s.preset,
+            "unembed_sha256": self.unembed_hash,
+        }
+
+    # -- one step ----------------------------------------------------------------------------
+    def _budget(self, prompts: list[list[int]]) -> int:
+        budget = self.s.rollout.max_new_tokens
+        if self.s.rollout.max_seq_length:
+            budget = min(budget, self.s.rollout.max_seq_length - max(len(p) for p in prompts))
+        return max(1, budget)
+
+    def _sum_across(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def _allreduce_grads(self) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.trainable.params]
+        flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for p, g in zip(self.trainable.params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+            offset += n
+
+    def step(self, step: int, grader: Any) -> dict[str, Any]:
+        from steer_cli.rollout.base import SamplingSpec
+        from steer_cli.train.batch import completion_logprobs, pack_left
+        from steer_cli.train.objective import group_advantages, kl_penalty, policy_loss
+
+        s = self.s
+        t_start = time.perf_counter()
+        per_rank = s.train.prompts_per_step // self.world
+        global_idx = self.order.indices(step, s.train.prompts_per_step)
+        local_idx = global_idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+        examples = [self.examples[i] for i in local_idx]
+        prompts = [e.prompt_ids for e in examples]
+        sampling = SamplingSpec(
+            n=s.rollout.num_generations, temperature=s.rollout.temperature, top_p=s.rollout.top_p,
+            top_k=s.rollout.top_k, max_new_tokens=self._budget(prompts), stop_token_ids=self.stop_ids,
+            seed=step_seed(s.train.seed, step),
+        )
+        self.trainable.model.eval()
+        groups = self.backend.generate(prompts, sampling, first_index=self.rank * per_rank)
+        t_gen = time.perf_counter()
+
+        items = [(c.text, e.answer) for e, g in zip(examples, groups) for c in g]
+        grades = grader.grade(items)
+        t_grade = time.perf_counter()
+        n = s.rollout.num_generations
+        correct = torch.tensor([g.correct for g in grades], dtype=torch.bool).view(len(examples), n)
+        rewards = torch.where(correct, s.train.reward_correct, s.train.reward_wrong).to(torch.float32)
+        advantages = group_advantages(rewards, s.train.advantage)
+
+        completions = [c for g in groups for c in g]
+        local_tokens = sum(len(c.token_ids) for c in completions)
+        (global_tokens,) = self._sum_across([float(local_tokens)])
+        seqs = [(prompts[i // n], completions[i].token_ids, float(advantages.view(-1)[i]))
+                for i in range(len(completions))]
+        if s.train.kl_coef == 0:
+            # A zero advantage contributes nothing to the gradient; skip its forward/backward.
+            seqs = [x for x in seqs if x[2] != 0.0 and x[1]]
+        else:
+            seqs = [x for x in seqs if x[1]]
+        if s.model.gradient_checkpointing:
+            self.trainable.model.train()
+        loss_sum, kl_sum = 0.0, 0.0
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        mb = s.train.micro_batch_size
+        for start in range(0, len(seqs), mb):
+            chunk = seqs[start:start + mb]
+            packed = pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(self.acc.device)
+            adv = torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=self.acc.device)
+            logp = completion_logprobs(self.trainable.model, packed, s.rollout.temperature)
+            mask = packed.completion_mask
+            loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
+            if s.train.kl_coef > 0:
+                with torch.no_grad(), self.trainable.reference():
+                    ref = completion_logprobs(self.trainable.model, packed, s.rollout.temperature)
+                kl = kl_penalty(logp, ref, mask, global_tokens)
+                kl_sum += float(kl.detach())
+                loss = loss + s.train.kl_coef * kl
+            loss.backward()
+            loss_sum += float(loss.detach())
+        self.trainable.model.eval()
+        self._allreduce_grads()
+        loss_global, kl_global = self._sum_across([loss_sum, kl_sum])
+        params = self.trainable.params
+        if s.train.max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.train.max_grad_norm))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        finite = math.isfinite(grad_norm) and math.isfinite(loss_global)
+        lr = self.scheduler.get_last_lr()[0]
+        if finite:
+            self.optimizer.step()
+            self.consecutive_nonfinite = 0
+        else:
+            self.nonfinite_total += 1
+            self.consecutive_nonfinite += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        t_update = time.perf_counter()
+        sync_time = self._sync_backend() if finite else 0.0
+        t_end = time.perf_counter()
+        if self.consecutive_nonfinite >= s.train.max_nonfinite_steps:
+            raise SteerError(
+                f"training diverged: {self.consecutive_nonfinite} updates in a row had a non-finite loss or "
+                f"gradient (step {step + 1}); lower the learning rate (--lr, now {s.train.lr:g})"
+            )
+        local = {
+            "correct": correct.view(-1).tolist(),
+            "rewards": rewards.view(-1).tolist(),
+            "lengths": [len(c.token_ids) for c in completions],
+            "stopped": [c.stopped for c in completions],
+            "same": [bool((r == r[0]).all()) for r in rewards],
+            "gen_tokens": local_tokens,
+            "t_gen": t_gen - t_start,
+        }
+        return self._metrics(step, local, {
+            "loss": loss_global, "kl": kl_global if s.train.kl_coef > 0 else None, "grad_norm": grad_norm,
+            "lr": lr, "finite": finite, "time_grade": t_grade - t_gen, "time_update": t_update - t_grade,
+            "time_sync": sync_time, "time_step": t_end - t_start,
+        })
+
+    def _sync_backend(self) -> float:
+        sync = getattr(self.backend, "sync_from", None)
+        if sync is None:
+            return 0.0
+        t0 = time.perf_counter()
+        sync(self.trainable)
+        return time.perf_counter() - t0
+
+    def _metrics(self, step: int, local: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([local])
+        else:
+            parts = [local]
+        cat = {k: [x for p in parts for x in p[k]] for k in ("correct", "rewards", "lengths", "stopped", "same")}
+        gen_tokens = sum(p["gen_tokens"] for p in parts)
+        t_gen = max(p["t_gen"] for p in parts)
+        rewards = torch.tensor(cat["rewards"])
+        lengths = torch.tensor(cat["lengths"], dtype=torch.float32)
+        m: dict[str, Any] = {
+            "step": step + 1,
+            "epoch": round((step + 1) * self.s.train.prompts_per_step / len(self.examples), 4),
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "accuracy": float(torch.tensor(cat["correct"], dtype=torch.float32).mean()),
+            "frac_same_reward_groups": float(np.mean(cat["same"])),
+            "completion_len_mean": float(lengths.mean()),
+            "completion_len_max": int(lengths.max()),
+            "frac_truncated": 1.0 - float(np.mean(cat["stopped"])),
+            "loss": shared["loss"],
+            "grad_norm": shared["grad_norm"],
+            "lr": shared["lr"],
+            "skipped_nonfinite": 0 if shared["finite"] else 1,
+            "nonfinite_total": self.nonfinite_total,
+            "time_generate": t_gen,
+            "time_grade": shared["time_grade"],
+            "time_update": shared["time_update"],
+            "time_sync": shared["time_sync"],
+            "time_step": shared["time_step"],
+            "gen_tokens": gen_tokens,
+            "tokens_per_second": gen_tokens / t_gen if t_gen > 0 else None,
+        }
+        if shared["kl"] is not None:
+            m["kl"] = shared["kl"]
+        if self.trainable.steering is not None:
+            norms = self.trainable.steering.vectors.detach().norm(dim=-1)
+            m["vector_norms"] = [round(float(x), 6) for x in norms]
+        return m
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _trainer_state(self, step: int) -> dict[str, Any]:
+        return {
+            "total_steps": self.total_steps,
+            "seed": self.s.train.seed,
+            "prompts_per_step": self.s.train.prompts_per_step,
+            "data_size": len(self.examples),
+            "data_fingerprint": self.data_fingerprint,
+            "data_position": step * self.s.train.prompts_per_step,
+            "nonfinite_total": self.nonfinite_total,
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+        }
+
+    def _save(self, step: int) -> None:
+        if self.main:
+            save_checkpoint(self.out_dir, step, self.trainable, self.optimizer, self.scheduler,
+                            self._trainer_state(step), vectors_meta=self.vectors_meta(step),
+                            tokenizer=self.tokenizer)
+            prune_checkpoints(self.out_dir, self.s.train.keep_last)
+        self.acc.wait_for_everyone()
+
+    def _save_final(self, step: int) -> Path:
+        final = self.out_dir / "final"
+        if self.main:
+            with atomic_dir(final) as tmp:
+                write_trained(tmp, self.trainable, vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer)
+                (tmp / STATE_FILE).write_text(json.dumps(dict(self._trainer_state(step), step=step), indent=2))
+        self.acc.wait_for_everyone()
+        return final
+
+    def _resume(self) -> int:
+        ckpt = latest_checkpoint(self.out_dir)
+        assert ckpt is not None  # prepare_output_dir checked
+        state = load_checkpoint(ckpt, self.trainable, self.optimizer, self.scheduler)
+        if state.get("data_fingerprint") != self.data_fingerprint:
+            raise SteerError(
+                f"--resume: the training problems differ from those of the run in {self.out_dir} "
+                "(another dataset file or limit?); resume with the same data"
+            )
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
+        step = int(state["step"])
+        if self.main:
+            _truncate_metrics(self.out_dir / "metrics.jsonl", step)
+        return step
+
+    # -- main ----------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from steer_cli.rewards import Grader
+        from steer_cli.train.display import Display
+
+        self._setup()
+        self.nonfinite_total = 0
+        self.consecutive_nonfinite = 0
+        start = self._resume() if self.s.output.resume else 0
+        if self.s.train.trackers:
+            self.acc.init_trackers("steer", config=self.s.to_dict())
+        display = Display(self.total_steps, start, enabled=self.main, out_dir=self.out_dir,
+                          info=self._describe())
+        metrics_path = self.out_dir / "metrics.jsonl"
+        try:
+            with Grader(num_workers=self.s.train.grader_workers, timeout=self.s.train.grade_timeout,
+                        template=self.s.prompt.template) as grader:
+                for step in range(start, self.total_steps):
+                    metrics = self.step(step, grader)
+                    if self.main:
+                        append_jsonl(metrics_path, metrics)
+                        if self.s.train.trackers:
+                            self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                         step=step + 1)
+                    display.update(metrics)
+                    done = step + 1
+                    if done % self.save_every == 0 and done < self.total_steps:
+                        self._save(done)
+            final = self._save_final(self.total_steps)
+        finally:
+            display.close()
+            close = getattr(self.backend, "close", None) if hasattr(self, "backend") else None
+            if close:
+                close()
+            if self.s.train.trackers:
+                self.acc.end_training()
+        return final
+
+    def _describe(self) -> str:
+        t = self.trainable
+        return (f"{self.s.model.name} · {self.s.setup.kind} ({t.num_trainable:,} trainable) · "
+                f"{len(self.examples)} problems · {self.total_steps} steps x {self.s.train.prompts_per_step} "
+                f"prompts x {self.s.rollout.num_generations} samples · {self.world} process(es) · {self.out_dir}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train(settings: Settings) -> Path:
+    """Run ``steer train``; returns the ``final/`` directory."""
+    return Trainer(settings).run()

@@ -1,0 +1,193 @@
+"""steer train end to end on a tiny model: files, resume, setups, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from steer_cli.cli import app, _register
+from steer_cli.vectors import load_vectors
+
+_register()
+runner = CliRunner()
+
+
+def train_args(model, data, out, *extra):
+    return ["train", "--model", str(model), "--dataset", str(data), "--output-dir", str(out),
+            "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6",
+            "--set", "train.micro_batch_size=4", "--set", "train.grader_workers=0", *extra]
+
+
+def invoke(args):
+    result = runner.invoke(app, args)
+    return result
+
+
+def test_end_to_end_writes_every_file(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    out = tmp_path / "run"
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "4", "--save-every", "2", "--lr", "0.05"))
+    assert result.exit_code == 0, result.output
+    assert (out / "settings.yaml").exists()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    for key in ("reward_mean", "reward_std", "accuracy", "frac_same_reward_groups", "completion_len_mean",
+                "completion_len_max", "frac_truncated", "loss", "grad_norm", "lr", "vector_norms",
+                "time_generate", "time_grade", "time_update", "time_sync", "tokens_per_second"):
+        assert key in lines[0], key
+    assert len(lines[0]["vector_norms"]) == 2
+    assert (out / "checkpoint-2" / "vectors.safetensors").exists()
+    assert (out / "checkpoint-2" / "optimizer.pt").exists()
+    vectors, meta = load_vectors(out / "final" / "vectors.safetensors")
+    assert vectors.shape == (2, 64) and vectors.abs().sum() > 0
+    assert meta["step"] == 4 and meta["setup"] == "steering" and meta["base_model"] == str(tiny_lm)
+    assert lines[-1]["vector_norms"][0] == pytest.approx(float(vectors[0].norm()), rel=1e-5)
+
+
+def test_existing_output_dir_is_refused_without_resume_or_overwrite(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    out = tmp_path / "run"
+    assert invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1")).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1"))
+    assert result.exit_code == 2
+    assert "exists and is not empty" in result.output and "--resume" in result.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1", "--overwrite"))
+    assert result.exit_code == 0, result.output
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_run(tiny_lm, tiny_problems, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not delete")
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--overwrite"))
+    assert result.exit_code == 2 and "not a steer run directory" in result.output
+    assert (out / "thesis.tex").read_text() == "do not delete"
+
+
+def test_resume_continues_exactly(tiny_lm, tiny_problems, tmp_path, coin_grader, monkeypatch):
+    """A run stopped after its step-2 checkpoint and resumed ends with the same vectors."""
+    common = ("--max-steps", "4", "--save-every", "2", "--lr", "0.05", "--seed", "3")
+    full = tmp_path / "full"
+    assert invoke(train_args(tiny_lm, tiny_problems, full, *common)).exit_code == 0
+
+    from steer_cli.train import run as run_mod
+
+    original = run_mod.Trainer.step
+
+    def stop_at_three(self, step, grader):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, step, grader)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(run_mod.Trainer, "step", stop_at_three)
+    assert invoke(train_args(tiny_lm, tiny_problems, part, *common)).exit_code != 0
+    assert not (part / "final").exists() and (part / "checkpoint-2").exists()
+    monkeypatch.setattr(run_mod.Trainer, "step", original)
+    result = invoke(train_args(tiny_lm, tiny_problems, part, *common, "--resume"))
+    assert result.exit_code == 0, result.output
+    a, _ = load_vectors(full / "final" / "vectors.safetensors")
+    b, _ = load_vectors(part / "final" / "vectors.safetensors")
+    assert torch.equal(a, b)
+    steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_with_different_settings_lists_the_differences(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    out = tmp_path / "run"
+    assert invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "2", "--save-every", "1")).exit_code == 0
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "2", "--resume", "--lr", "0.5",
+                               "--seed", "9"))
+    assert result.exit_code == 2
+    assert "train.lr: 0.001 -> 0.5" in result.output and "train.seed: 0 -> 9" in result.output
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_lm, tiny_problems, tmp_path):
+    result = invoke(train_args(tiny_lm, tiny_problems, tmp_path / "nothing", "--resume"))
+    assert result.exit_code == 2 and "no settings.yaml" in result.output
+
+
+@pytest.mark.parametrize("setup,expected", [("lora", "adapter/adapter_model.safetensors"),
+                                            ("full", "model/model.safetensors")])
+def test_lora_and_full_setups(tiny_lm, tiny_problems, tmp_path, coin_grader, setup, expected):
+    out = tmp_path / setup
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--setup", setup, "--max-steps", "2",
+                               "--save-every", "1", "--lr", "1e-3"))
+    assert result.exit_code == 0, result.output
+    assert (out / "final" / expected).exists()
+    assert (out / "checkpoint-1" / expected).exists()
+    m = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "vector_norms" not in m[0] and math.isfinite(m[-1]["grad_norm"])
+
+
+def test_kl_term_is_logged(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    out = tmp_path / "kl"
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "2", "--lr", "0.5",
+                               "--set", "train.kl_coef=0.1", "--set", "train.warmup_ratio=0"))
+    assert result.exit_code == 0, result.output
+    m = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m[0]["kl"] == 0.0  # the vectors start at zero: policy == reference
+    assert m[1]["kl"] > 0.0
+
+
+def test_non_finite_update_is_skipped_and_counted(tiny_lm, tiny_problems, tmp_path, coin_grader, monkeypatch):
+    from steer_cli.train import batch
+
+    original = batch.completion_logprobs
+    calls = {"n": 0}
+
+    def poisoned(model, packed, temperature=1.0):
+        calls["n"] += 1
+        out = original(model, packed, temperature)
+        return out * float("nan") if calls["n"] == 1 else out
+
+    monkeypatch.setattr(batch, "completion_logprobs", poisoned)
+    out = tmp_path / "nan"
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "3", "--lr", "0.05",
+                               "--set", "train.micro_batch_size=64"))
+    assert result.exit_code == 0, result.output
+    m = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m[0]["skipped_nonfinite"] == 1 and m[0]["nonfinite_total"] == 1
+    assert m[1]["skipped_nonfinite"] == 0
+    vectors, _ = load_vectors(out / "final" / "vectors.safetensors")
+    assert torch.isfinite(vectors).all()
+
+
+def test_too_many_non_finite_updates_stop_the_run(tiny_lm, tiny_problems, tmp_path, coin_grader, monkeypatch):
+    from steer_cli.train import batch
+
+    original = batch.completion_logprobs
+    monkeypatch.setattr(batch, "completion_logprobs", lambda m, p, t=1.0: original(m, p, t) * float("nan"))
+    out = tmp_path / "diverged"
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "5",
+                               "--set", "train.max_nonfinite_steps=2"))
+    assert result.exit_code == 2
+    assert "training diverged: 2 updates in a row" in result.output and "--lr" in result.output
+    assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preset", "qwen2.5-math-7b/deepscaler/stering"], "did you mean qwen2.5-math-7b/deepscaler/steering"),
+    (["--model", "/no/such/model"], "model directory /no/such/model does not exist"),
+    (["--num-generations", "1"], "use at least 2"),
+    (["--lr", "0"], "train.lr = 0.0 (--lr): Input should be greater than 0"),
+    (["--lr", "-1e-3"], "greater than 0"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_lm, tiny_problems, tmp_path, args, message):
+    base = ["train", "--model", str(tiny_lm), "--dataset", str(tiny_problems), "--output-dir", str(tmp_path / "o")]
+    result = invoke(base + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_dataset_without_usable_rows(tiny_lm, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "x", "answer": ""}\n{"question": "y"}\n')
+    result = invoke(["train", "--model", str(tiny_lm), "--dataset", str(bad), "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no usable" in result.output.lower()
