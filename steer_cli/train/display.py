@@ -34,9 +34,9 @@ class Display:
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
-        self.console.print(f"[bold]steer train[/bold] {info}")
+        print(f"steer train: {info}", file=sys.stderr, flush=True)
         if start:
-            self.console.print(f"resuming at step {start}")
+            print(f"resuming at step {start}", file=sys.stderr, flush=True)
         if sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,10 @@ class Trainer:
         kwargs: dict[str, Any] = {}
         if trackers:
             kwargs.update(log_with=trackers, project_dir=str(self.out_dir))
+        # accelerate picks gloo for several CPU processes only when told it runs on CPU.
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) >= 0
+        if launched and not torch.cuda.is_available():
+            kwargs["cpu"] = True
         self.acc = Accelerator(**kwargs)
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
@@ -400,7 +405,10 @@ class Trainer:
             self.nonfinite_total += 1
             self.consecutive_nonfinite += 1
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule follows the step count even when a non-finite update was skipped.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         t_update = time.perf_counter()
         sync_time = self._sync_backend() if finite else 0.0
         t_end = time.perf_counter()
@@ -556,7 +564,7 @@ class Trainer:
                 close()
             if self.s.train.trackers:
                 self.acc.end_training()
-        return final
+        return final if self.main else None
 
     def _describe(self) -> str:
         t = self.trainable
@@ -572,6 +580,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(settings: Settings) -> Path:
-    """Run ``steer train``; returns the ``final/`` directory."""
+def train(settings: Settings) -> Path | None:
+    """Run ``steer train``; returns the ``final/`` directory (None on processes other than the main one)."""
     return Trainer(settings).run()
