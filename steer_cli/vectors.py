@@ -73,25 +73,24 @@ def load_vectors(path: str | Path) -> tuple[Any, dict[str, Any]]:
         raise SteerError(f"cannot read vectors file {path}: {err.strerror}") from None
     if path.suffix == ".npy" or head.startswith(b"\x93NUMPY"):
         return load_npy(path), {"format": FORMAT, "source": str(path)}
-    if any(head.startswith(m) for m in _PICKLE_MAGIC):
-        raise SteerError(
-            f"{path} is a pickle/torch.save file; steer only loads safetensors (pickles can run code). "
-            "Convert it with `steer extract` from a checkpoint, or save the tensor with safetensors"
-        )
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
             names = list(f.keys())
-            if TENSOR_NAME not in names:
-                raise SteerError(
-                    f"{path} has no tensor named {TENSOR_NAME!r} (it has {', '.join(names[:5]) or 'none'}); "
-                    "if it is a model checkpoint, use `steer extract` to get a vectors file"
-                )
-            tensor = f.get_tensor(TENSOR_NAME)
-    except SteerError:
-        raise
+            tensor = f.get_tensor(TENSOR_NAME) if TENSOR_NAME in names else None
     except Exception as err:  # safetensors raises its own error types for malformed headers
+        # Checked only after parsing failed: a safetensors header length may start with 0x80 too.
+        if any(head.startswith(m) for m in _PICKLE_MAGIC):
+            raise SteerError(
+                f"{path} is a pickle/torch.save file; steer only loads safetensors (pickles can run code). "
+                "Convert it with `steer extract` from a checkpoint, or save the tensor with safetensors"
+            ) from None
         raise SteerError(f"{path} is not a valid safetensors vectors file ({err})") from None
+    if tensor is None:
+        raise SteerError(
+            f"{path} has no tensor named {TENSOR_NAME!r} (it has {', '.join(names[:5]) or 'none'}); "
+            "if it is a model checkpoint, use `steer extract` to get a vectors file"
+        )
     return _validated(tensor, path), _decode_meta(raw_meta)
 
 
