@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_cli.errors import SteerError
+from steer_cli.vectors import load_vectors
 
 FORMATS = ("safetensors", "npy", "gguf")
 GGUF_ARCH = "controlvector"
@@ -85,34 +86,15 @@ def read_source(path: str | Path) -> Extracted:
         raise SteerError(f"{path} is neither a safetensors file nor an .npy matrix; pass a vectors file, "
                          "a checkpoint directory or a training run")
     if "vectors" in names:
-        tensor, meta = load_vectors_file(path)
+        tensor, meta = load_vectors(path)
         return Extracted(tensor, meta, path, "vectors file")
     return _read_checkpoint([path], path.parent / "config.json", path)
-
-
-def load_vectors_file(path: Path) -> tuple[Any, dict[str, Any]]:
-    """A steer vectors file (safetensors tensor ``vectors`` + metadata), checked like ``load_vectors``."""
-    from safetensors import safe_open
-
-    from steer_cli.vectors import TENSOR_NAME, _decode_meta, _validated
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            if TENSOR_NAME not in f.keys():
-                raise SteerError(f"{path} has no tensor named {TENSOR_NAME!r}; it is not a steer vectors file")
-            tensor = f.get_tensor(TENSOR_NAME)
-    except SteerError:
-        raise
-    except Exception as err:  # safetensors raises its own error types for malformed files
-        raise SteerError(f"{path} is not a valid safetensors vectors file ({err})") from None
-    return _validated(tensor, path), _decode_meta(raw)
 
 
 def _read_dir(path: Path) -> Extracted:
     vectors_file = find_run_vectors(path)
     if vectors_file is not None:
-        tensor, meta = load_vectors_file(vectors_file)
+        tensor, meta = load_vectors(vectors_file)
         kind = "steer checkpoint" if vectors_file.parent == path else "steer run"
         return Extracted(tensor, meta, vectors_file, kind)
     shards = sorted(p for p in path.glob("*.safetensors") if p.is_file())

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
-from steer_cli.extract import load_vectors_file as load_vectors
+from steer_cli.vectors import load_vectors
 from steer_cli.vectors import save_vectors, unembed_sha256
 
 _register()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
-from steer_cli.extract import load_vectors_file as load_vectors
+from steer_cli.vectors import load_vectors
 from steer_cli.patching.fold import fold_vectors
 from steer_cli.patching.steering import attach_steering
 from steer_cli.vectors import save_vectors

@@ -49,7 +49,7 @@ FLAG_NAMES: dict[str, str] = {
 
 def doc(key: str) -> str:
     """Help text of a flag: the settings field's description, plus the key it sets."""
-    return f"{field_doc(key)} [{key}]"
+    return f"{field_doc(key)} \\[{key}]"  # escaped: rich would read [key] as markup
 
 
 PRESET_HELP = "Preset to start from (see `steer presets`); default: found from --model/--dataset/--setup."
