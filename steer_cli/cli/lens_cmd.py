@@ -1,13 +1,64 @@
-"""steer lens: (being built)."""
+"""steer lens: the logit lens on steering vectors (tokens each layer's vector promotes/suppresses)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
 from steer_cli.cli import app
+from steer_cli.cli.common import info, run_command
 
 
-@app.command("lens", hidden=True)
-def lens_command() -> None:
-    """Not available yet."""
-    from steer_cli.cli.common import fail
+def _say(message: str) -> None:
+    from rich.markup import escape
 
-    fail("steer lens is not available yet")
+    info(escape(message))
+
+
+@app.command("lens")
+def lens_command(
+    target: Optional[str] = typer.Argument(
+        None, help="Vectors file (.safetensors/.npy) or training run directory; default: the most recent run under runs/."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model whose unembedding reads the vectors; default: base_model in the file's metadata."),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", "-l", help="Layer to show (repeatable); default: every layer with a non-zero vector."),
+    top_k: int = typer.Option(50, "--top-k", help="Promoted and suppressed tokens per layer (in --json)."),
+    show: int = typer.Option(10, "--show", help="Tokens per layer shown in the table (at most --top-k)."),
+    dot: bool = typer.Option(False, "--dot", help="Score with the raw dot product <s_l, u_v> instead of the cosine."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of tables."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: norms, layer x layer cosines, singular values, score histograms."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Second vectors file or run: print the per-layer cosine between the two (no model needed)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
+) -> None:
+    """Read steering vectors through the logit lens (paper section 4.2)."""
+    from rich.console import Console
+
+    from steer_cli import lens
+
+    if compare is not None:
+        result = run_command(lens.compare_vectors, target, compare, runs_dir=runs_dir)
+        for note in result.notes:
+            _say(note)
+        if as_json:
+            print(json.dumps(result.to_json(), indent=2))
+        else:
+            lens.render_compare(result, Console(highlight=False))
+        if plot is not None:
+            from steer_cli.plots import plot_compare
+
+            _say(f"wrote {run_command(plot_compare, result, plot)}")
+        return
+    result = run_command(lens.run_lens, target, model=model, layers=layer or None, top_k=top_k,
+                         kind="dot" if dot else "cosine", runs_dir=runs_dir)
+    for note in result.notes:
+        _say(note)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        lens.render_lens(result, Console(highlight=False), show=max(1, min(show, top_k)))
+    if plot is not None:
+        from steer_cli.plots import plot_lens
+
+        _say(f"wrote {run_command(plot_lens, result, plot)}")
