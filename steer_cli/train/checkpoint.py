@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from steer_cli.errors import SteerError
+from steer_cli.faults import maybe_die
 from steer_cli.io import atomic_dir
 from steer_cli.vectors import load_vectors, save_vectors
 
@@ -52,13 +53,44 @@ def save_checkpoint(
     name: str | None = None,
 ) -> Path:
     target = out_dir / (name or f"checkpoint-{step}")
-    with atomic_dir(target) as tmp:
-        write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer)
+
+    def extra(tmp: Path) -> None:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        full_state = dict(state, step=step, python_rng=_py_rng_state(), numpy_rng=_np_rng_state())
-        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
+
+    state = dict(state, python_rng=_py_rng_state(), numpy_rng=_np_rng_state())
+    return _write_dir(target, step, trainable, state, vectors_meta, tokenizer, extra)
+
+
+def save_final(out_dir: Path, step: int, trainable: Any, state: dict[str, Any], *,
+               vectors_meta: dict[str, Any], tokenizer: Any = None) -> Path:
+    """``final/``: what was trained and the trainer's counters (no optimizer state)."""
+    return _write_dir(out_dir / "final", step, trainable, state, vectors_meta, tokenizer, None)
+
+
+def _write_dir(target: Path, step: int, trainable: Any, state: dict[str, Any], vectors_meta: dict[str, Any],
+               tokenizer: Any, extra: Any) -> Path:
+    try:
+        with atomic_dir(target) as tmp:
+            write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer)
+            if extra is not None:
+                extra(tmp)
+            (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=2))
+            maybe_die("checkpoint", step)
+    except OSError as err:
+        raise SteerError(
+            f"could not write {target}: {err.strerror or err}; earlier checkpoints are intact "
+            "(free some space, then continue with --resume)"
+        ) from None
     return target
+
+
+def remove_partial_checkpoints(out_dir: Path) -> None:
+    """Temporary directories of checkpoint writes that a kill interrupted."""
+    for tmp in out_dir.glob(".checkpoint-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in out_dir.glob(".final.*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:

@@ -25,15 +25,16 @@ import numpy as np
 import torch
 
 from steer_cli.errors import SteerError
-from steer_cli.io import append_jsonl, atomic_dir, atomic_write_text
+from steer_cli.faults import maybe_die
+from steer_cli.io import append_jsonl, atomic_write_text
 from steer_cli.settings import Settings, diff_settings, load_settings_file
 from steer_cli.train.checkpoint import (
-    STATE_FILE,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial_checkpoints,
     save_checkpoint,
-    write_trained,
+    save_final,
 )
 
 
@@ -349,6 +350,7 @@ class Trainer:
         self.trainable.model.eval()
         groups = self.backend.generate(prompts, sampling, first_index=self.rank * per_rank)
         t_gen = time.perf_counter()
+        maybe_die("generate", step + 1)
 
         items = [(c.text, e.answer) for e, g in zip(examples, groups) for c in g]
         grades = grader.grade(items)
@@ -397,6 +399,7 @@ class Trainer:
         else:
             grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         finite = math.isfinite(grad_norm) and math.isfinite(loss_global)
+        maybe_die("update", step + 1)
         lr = self.scheduler.get_last_lr()[0]
         if finite:
             self.optimizer.step()
@@ -407,7 +410,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             # The schedule follows the step count even when a non-finite update was skipped.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         t_update = time.perf_counter()
         sync_time = self._sync_backend() if finite else 0.0
@@ -506,15 +509,16 @@ class Trainer:
     def _save_final(self, step: int) -> Path:
         final = self.out_dir / "final"
         if self.main:
-            with atomic_dir(final) as tmp:
-                write_trained(tmp, self.trainable, vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer)
-                (tmp / STATE_FILE).write_text(json.dumps(dict(self._trainer_state(step), step=step), indent=2))
+            save_final(self.out_dir, step, self.trainable, self._trainer_state(step),
+                       vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer)
         self.acc.wait_for_everyone()
         return final
 
     def _resume(self) -> int:
+        if self.main:
+            remove_partial_checkpoints(self.out_dir)
         ckpt = latest_checkpoint(self.out_dir)
-        assert ckpt is not None  # prepare_output_dir checked
+        assert ckpt is not None  # check_output_dir made sure
         state = load_checkpoint(ckpt, self.trainable, self.optimizer, self.scheduler)
         if state.get("data_fingerprint") != self.data_fingerprint:
             raise SteerError(
@@ -574,9 +578,16 @@ class Trainer:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines of steps after the checkpoint (they are redone) and a line torn by a kill."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
