@@ -114,6 +114,25 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
     return tok
 
 
+def load_config(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The model's config, checked to be a decoder-only causal LM that transformers can build."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    quiet_transformers()
+    path = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise SteerError(f"cannot load model config from {path}: {_first_line(err)}") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not trust_remote_code:
+        raise SteerError(
+            f"{path} is a {type(config).__name__} ({config.model_type}), not a causal language model; "
+            "steer needs a decoder-only LM"
+        )
+    return config
+
+
 def load_causal_lm(
     name: str,
     *,
@@ -125,14 +144,10 @@ def load_causal_lm(
 ) -> Any:
     """``AutoModelForCausalLM.from_pretrained`` with clear errors; eval mode (dropout off)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    quiet_transformers()
     path = resolve_model(name)
-    try:
-        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise SteerError(f"cannot load model config from {path}: {_first_line(err)}") from None
+    config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
                               "dtype": pick_dtype(dtype, torch.device(device))}
     if attn_implementation:

@@ -115,6 +115,8 @@ def _load_local(path: Path, fields: FieldMap | None, split: str) -> tuple[list[P
         raise SteerError(f"training data file {path} does not exist; check the path, or give "
                          f"one of {', '.join(TRAIN_SETS)} or a hub id like owner/name")
     rows = read_rows(path)
+    if not rows:
+        raise SteerError(f"{path} holds no rows: no usable training problems; point --dataset at a non-empty file")
     source = path.stem if path.stem not in ("test", "train", split) else path.parent.name
     return _convert(rows, fields or guess_fields(rows, source=str(path)), source=source, where=str(path))
 

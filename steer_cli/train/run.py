@@ -238,6 +238,11 @@ class Trainer:
         self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
         self._init_distributed()
         check_output_dir(self.out_dir, s)
+        from steer_cli.models import load_config
+        from steer_cli.patching.archs import arch_for_config
+
+        arch_for_config(load_config(s.model.name, revision=s.model.revision,
+                                    trust_remote_code=s.model.trust_remote_code))
         torch.manual_seed(s.train.seed)
         np.random.seed(s.train.seed % 2**32)
         self.tokenizer = load_tokenizer(s.model.name, revision=s.model.revision,
