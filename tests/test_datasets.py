@@ -63,7 +63,7 @@ def test_zero_usable_rows_says_what_was_expected_and_found(tmp_path):
 def test_empty_file_is_an_error(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")
-    with pytest.raises(SteerError, match="cannot tell which columns"):
+    with pytest.raises(SteerError, match="holds no rows"):
         load_train_set(path)
 
 
