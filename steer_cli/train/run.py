@@ -337,8 +337,8 @@ class Trainer:
 
     def step(self, step: int, grader: Any) -> dict[str, Any]:
         from steer_cli.rollout.base import SamplingSpec
-        from steer_cli.train.batch import completion_logprobs, pack_left
-        from steer_cli.train.objective import group_advantages, kl_penalty, policy_loss
+        from steer_cli.train.objective import group_advantages
+        from steer_cli.train.update import accumulate_policy_gradients
 
         s = self.s
         t_start = time.perf_counter()
@@ -375,27 +375,12 @@ class Trainer:
             seqs = [x for x in seqs if x[2] != 0.0 and x[1]]
         else:
             seqs = [x for x in seqs if x[1]]
-        if s.model.gradient_checkpointing:
-            self.trainable.model.train()
-        loss_sum, kl_sum = 0.0, 0.0
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        mb = s.train.micro_batch_size
-        for start in range(0, len(seqs), mb):
-            chunk = seqs[start:start + mb]
-            packed = pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(self.acc.device)
-            adv = torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=self.acc.device)
-            logp = completion_logprobs(self.trainable.model, packed, s.rollout.temperature)
-            mask = packed.completion_mask
-            loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
-            if s.train.kl_coef > 0:
-                with torch.no_grad(), self.trainable.reference():
-                    ref = completion_logprobs(self.trainable.model, packed, s.rollout.temperature)
-                kl = kl_penalty(logp, ref, mask, global_tokens)
-                kl_sum += float(kl.detach())
-                loss = loss + s.train.kl_coef * kl
-            loss.backward()
-            loss_sum += float(loss.detach())
-        self.trainable.model.eval()
+        loss_sum, kl_sum = accumulate_policy_gradients(
+            self.trainable, seqs, global_tokens=global_tokens, temperature=s.rollout.temperature,
+            micro_batch_size=s.train.micro_batch_size, pad_id=pad_id, device=self.acc.device,
+            kl_coef=s.train.kl_coef, train_mode=s.model.gradient_checkpointing,
+        )
         self._allreduce_grads()
         loss_global, kl_global = self._sum_across([loss_sum, kl_sum])
         params = self.trainable.params

@@ -1,0 +1,54 @@
+"""The policy-gradient backward pass over one rollout batch (shared by ``train`` and ``bench``)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+Sequence_ = tuple[Sequence[int], Sequence[int], float]  # (prompt ids, completion ids, advantage)
+
+
+def accumulate_policy_gradients(
+    trainable: Any,
+    seqs: Sequence[Sequence_],
+    *,
+    global_tokens: float,
+    temperature: float,
+    micro_batch_size: int,
+    pad_id: int,
+    device: Any,
+    kl_coef: float = 0.0,
+    train_mode: bool = False,
+) -> tuple[float, float]:
+    """Backward of -sum_i A_i sum_t log pi / global_tokens (+ kl_coef * k3 KL), micro-batch by micro-batch.
+
+    Gradients accumulate in the trainable parameters; returns the summed loss and KL values.
+    ``train_mode`` puts the model in train mode for the pass (needed for gradient checkpointing).
+    """
+    from steer_cli.train import batch
+    from steer_cli.train.objective import kl_penalty, policy_loss
+
+    model = trainable.model
+    if train_mode:
+        model.train()
+    loss_sum, kl_sum = 0.0, 0.0
+    try:
+        for start in range(0, len(seqs), micro_batch_size):
+            chunk = seqs[start:start + micro_batch_size]
+            packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(device)
+            adv = torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=device)
+            logp = batch.completion_logprobs(model, packed, temperature)
+            mask = packed.completion_mask
+            loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
+            if kl_coef > 0:
+                with torch.no_grad(), trainable.reference():
+                    ref = batch.completion_logprobs(model, packed, temperature)
+                kl = kl_penalty(logp, ref, mask, global_tokens)
+                kl_sum += float(kl.detach())
+                loss = loss + kl_coef * kl
+            loss.backward()
+            loss_sum += float(loss.detach())
+    finally:
+        model.eval()
+    return loss_sum, kl_sum
