@@ -1,13 +1,80 @@
-"""steer bench: (being built)."""
+"""steer bench: steering vs LoRA vs full fine-tuning cost, measured side by side in one run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
+import typer
+
 from steer_cli.cli import app
+from steer_cli.cli.common import info, parse_str_list, run_command
 
 
-@app.command("bench", hidden=True)
-def bench_command() -> None:
-    """Not available yet."""
-    from steer_cli.cli.common import fail
+@app.command("bench")
+def bench_command(
+    model: str = typer.Option("demo", "--model", help="Model to measure: hub id, local dir, 'demo', or a random Qwen2 shape: random-50m, random-150m."),
+    setups: str = typer.Option("steering,lora,full", "--setups", help="Setups to compare (comma-separated)."),
+    backend: str = typer.Option("hf", "--backend", help="Generation backends to measure: hf, vllm, or hf,vllm."),
+    sequences: int = typer.Option(8, "--sequences", help="Completions in the fixed rollout batch."),
+    prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens per sequence."),
+    completion_len: int = typer.Option(192, "--completion-len", help="Completion tokens per sequence."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repeats (the median is reported) after one warm-up."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (a fresh process per setup on CPU)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (read by `steer report`)."),
+) -> None:
+    """Measure trainable parameters, optimizer state, update-step time and memory per setup,
+    generation speed with vectors attached, and (vLLM) vector sync vs full reload."""
+    from steer_cli.bench import BenchConfig, check_targets, run_bench, write_json
 
-    fail("steer bench is not available yet")
+    cfg = BenchConfig(model=model, setups=tuple(parse_str_list(setups) or ()), backends=tuple(parse_str_list(backend) or ()),
+                      sequences=sequences, prompt_len=prompt_len, completion_len=completion_len,
+                      repeats=repeats, memory=memory)
+    result = run_command(run_bench, cfg, lambda msg: info(f"[dim]bench: {msg}[/dim]"))
+    result["targets"] = check_targets(result)
+    if json_path is not None:
+        run_command(write_json, result, json_path)
+        info(f"wrote {json_path}")
+    _render(result)
+
+
+def _render(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from steer_cli.report_tables import human_bytes, human_count, human_seconds
+
+    console = Console()
+    m = result["machine"]
+    setups = result["setups"]
+    table = Table(title=f"steer bench · {result['model']} ({human_count(result['model_params'])} params) · "
+                        f"{m['gpu'] or m['cpu']} · torch {m['torch']}")
+    table.add_column("")
+    for name in setups:
+        table.add_column(name, justify="right")
+    rows = [
+        ("trainable parameters", lambda s: human_count(s["trainable_params"])),
+        ("optimizer state", lambda s: human_bytes(s["optimizer_state_bytes"])),
+        ("update step (median)", lambda s: human_seconds(s["update_step_seconds"])),
+        ("peak memory of the update", lambda s: human_bytes(s["peak_memory_bytes"]) if s["peak_memory_bytes"] else "-"),
+    ]
+    for label, fmt in rows:
+        table.add_row(label, *[fmt(s) for s in setups.values()])
+    console.print(table)
+    console.print(f"no-grad forward pass on the same batch: {human_seconds(result['forward_seconds'])}")
+    for backend, gen in (result.get("generation") or {}).items():
+        console.print(f"generation ({backend}): {gen['tokens_per_second_bare']:.1f} tok/s bare, "
+                      f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors")
+    if result.get("vllm_sync"):
+        sync = result["vllm_sync"]
+        console.print(f"vLLM: vector sync {human_seconds(sync['vector_sync_seconds'])}, "
+                      f"full weight reload {human_seconds(sync['full_reload_seconds'])}")
+    targets = Table(title="ratios (measured side by side in this run)")
+    for col in ("ratio", "value", "target", "met"):
+        targets.add_column(col, justify="right" if col != "ratio" else "left")
+    for row in result["targets"]:
+        value = f"{row['value']:.3f}" if isinstance(row["value"], float) else str(row["value"])
+        target = "-" if row["target"] is None else f"{row['op']} {row['target']}"
+        met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[row["met"]]
+        targets.add_row(row["label"], value, target, met)
+    console.print(targets)

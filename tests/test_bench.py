@@ -1,0 +1,58 @@
+"""steer bench on a tiny model: the numbers it reports are the right kind and the exact ones are exact.
+(Speed targets live in the benchmark's own output, not in timed tests.)"""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from steer_cli.bench import BenchConfig, check_targets, optimizer_state_bytes, run_bench
+from steer_cli.cli import _register, app
+
+_register()
+
+
+def test_bench_reports_every_setup(tiny_lm):
+    cfg = BenchConfig(model=str(tiny_lm), sequences=2, prompt_len=8, completion_len=8, repeats=1,
+                      gen_prompts=1, gen_tokens=4, gen_repeats=1, memory=False)
+    result = run_bench(cfg)
+    layers, hidden = result["num_layers"], result["hidden_size"]
+    steering, lora, full = (result["setups"][k] for k in ("steering", "lora", "full"))
+    assert steering["trainable_params"] == layers * hidden
+    assert steering["optimizer_state_bytes"] == 2 * layers * hidden * 4  # Adam moments, float32
+    assert full["trainable_params"] == result["model_params"]
+    assert full["optimizer_state_bytes"] == 2 * 4 * result["model_params"]
+    assert 0 < lora["trainable_params"] < full["trainable_params"]
+    for s in (steering, lora, full):
+        assert s["update_step_seconds"] > 0
+    assert result["forward_seconds"] > 0
+    gen = result["generation"]["hf"]
+    assert gen["tokens_per_second_bare"] > 0 and gen["tokens_per_second_steered"] > 0
+    assert set(result["ratios"]) >= {"update_time_steering_over_full", "update_time_steering_over_forward",
+                                     "generation_hf_steered_over_bare"}
+    exact = [t for t in check_targets(result) if t["key"] == "optimizer_state_steering_bytes"]
+    assert exact and exact[0]["met"] is True
+
+
+def test_optimizer_state_bytes_counts_moments_and_counters_apart():
+    import torch
+
+    p = torch.nn.Parameter(torch.zeros(3, 5))
+    opt = torch.optim.AdamW([p])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    moments, counters = optimizer_state_bytes(opt)
+    assert moments == 2 * 15 * 4 and counters == 4
+
+
+def test_bench_cli_writes_json_that_report_reads(tiny_lm, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--model", str(tiny_lm), "--sequences", "2", "--prompt-len", "8",
+                                      "--completion-len", "8", "--repeats", "1", "--no-memory", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["kind"] == "steer-bench" and "targets" in data
+    report = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert report.exit_code == 0, report.output
+    assert "Optimizer Memory" in report.output or "optimizer" in report.output.lower()
