@@ -594,7 +594,8 @@ class _Models:
                         tensor[i].zero_()
         model_path = str(target.weights) if target.weights else resolve_model(self.s.model.name)
         backend = make_eval_backend(self.s, model_path, vectors=tensor,
-                                    adapter=str(target.adapter) if target.adapter else None)
+                                    adapter=str(target.adapter) if target.adapter else None,
+                                    place=vectors.place if vectors is not None else "layer_output")
         try:
             yield backend
         finally:

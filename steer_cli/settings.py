@@ -82,6 +82,7 @@ class VLLMSettings(_Group):
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM tensor-parallel size.")
     enforce_eager: bool = Field(False, description="Disable vLLM's compilation and CUDA graphs.")
     max_model_len: Optional[int] = Field(None, gt=0, description="vLLM context length (default: prompt + completion budget).")
+    kv_cache_memory_bytes: Optional[int] = Field(None, gt=0, description="KV-cache size in bytes, instead of a memory share (useful on CPU).")
 
 
 class RolloutSettings(_Group):
@@ -169,7 +170,8 @@ RUNTIME_KEYS = frozenset({
     "preset", "output.output_dir", "output.runs_dir", "output.overwrite", "output.resume",
     "train.grader_workers", "train.grade_timeout", "train.trackers", "train.save_every",
     "train.keep_last", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
-    "rollout.vllm.tensor_parallel_size", "rollout.batch_prompts", "train.micro_batch_size",
+    "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
+    "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size",
     "eval", "data.data_dir",
 })
 
