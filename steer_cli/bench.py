@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -228,8 +227,7 @@ def _memory_child(model_path: str, setup: str, cfg_dict: dict[str, Any], conn: A
         trainable, optimizer = _prepare(model, setup, cfg)
         for _ in range(2):
             _update(trainable, optimizer, seqs, cfg, device)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        conn.send(peak - before)
+        conn.send(_peak_rss_bytes() - before)
     except BaseException as err:  # report, don't hang the parent
         conn.send(f"error: {err}")
     finally:
@@ -239,6 +237,16 @@ def _memory_child(model_path: str, setup: str, cfg_dict: dict[str, Any], conn: A
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    """This process image's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that across fork+exec, so a spawned child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def measure_peak_memory_cpu(model_path: str, setup: str, cfg: BenchConfig) -> int | None:
