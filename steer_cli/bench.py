@@ -60,6 +60,7 @@ class BenchConfig:
     lora_rank: int = 4
     memory: bool = True
     vllm_memory_utilization: float = 0.3
+    vllm_enforce_eager: bool = False  # the real measurement keeps vLLM's compiled mode
 
 
 def _median(xs: list[float]) -> float:
@@ -321,11 +322,59 @@ def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> 
 
 
 def measure_vllm(model_path: str, cfg: BenchConfig) -> dict[str, Any]:
-    from steer_cli.rollout.vllm import measure_vllm_costs
+    """Stock vLLM engine vs the steered one: greedy tokens/s on the same prompts, engine start
+    times, and in the steered engine one vector sync against one full weight reload."""
+    import vllm
+    from safetensors.torch import load_file
 
-    return measure_vllm_costs(model_path, gen_prompts=cfg.gen_prompts, gen_tokens=cfg.gen_tokens,
-                              repeats=cfg.gen_repeats, gpu_memory_utilization=cfg.vllm_memory_utilization,
-                              seed=cfg.seed)
+    from steer_cli.rollout.vllm import VLLMBackend
+
+    on_cpu = not torch.cuda.is_available()
+    engine = dict(dtype="float32" if on_cpu else "bfloat16", seed=cfg.seed, max_model_len=32 + cfg.gen_tokens + 8,
+                  gpu_memory_utilization=cfg.vllm_memory_utilization, enforce_eager=cfg.vllm_enforce_eager)
+    if on_cpu:
+        engine.update(kv_cache_memory_bytes=256 << 20, enable_chunked_prefill=False)
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    vocab = config["vocab_size"]
+    prompts = [{"prompt_token_ids": torch.randint(0, vocab, (32,), generator=g).tolist()} for _ in range(cfg.gen_prompts)]
+    params = vllm.SamplingParams(max_tokens=cfg.gen_tokens, min_tokens=cfg.gen_tokens, temperature=0.0, ignore_eos=True)
+    tokens = cfg.gen_prompts * cfg.gen_tokens
+
+    def tokens_per_second(llm: Any) -> tuple[float, list[float]]:
+        llm.generate(prompts, params, use_tqdm=False)
+        times = []
+        for _ in range(cfg.gen_repeats):
+            t0 = time.perf_counter()
+            llm.generate(prompts, params, use_tqdm=False)
+            times.append(time.perf_counter() - t0)
+        return tokens / _median(times), times
+
+    t0 = time.perf_counter()
+    bare = vllm.LLM(model=model_path, **engine)
+    bare_start = time.perf_counter() - t0
+    bare_tps, bare_times = tokens_per_second(bare)
+    bare.llm_engine.engine_core.shutdown()
+    del bare
+    backend_kwargs = {k: v for k, v in engine.items() if k != "enable_chunked_prefill"}
+    with VLLMBackend(model_path, **backend_kwargs) as steered:
+        vectors = 0.01 * torch.randn(steered.num_layers, steered.hidden_size, generator=g)
+        steered.set_vectors(vectors)
+        steered_tps, steered_times = tokens_per_second(steered.llm)
+        syncs = [steered.set_vectors(vectors * (i + 2)) for i in range(cfg.gen_repeats)]
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted(Path(model_path).glob("*.safetensors")):
+            weights.update(load_file(str(shard)))
+        reloads = [steered.load_weights(weights.items()) for _ in range(2)]
+        start = steered.start_seconds
+    return {
+        "generation": {"tokens_per_second_bare": bare_tps, "tokens_per_second_steered": steered_tps,
+                       "seconds_bare_all": bare_times, "seconds_steered_all": steered_times, "tokens": tokens,
+                       "engine_start_seconds_bare": bare_start, "engine_start_seconds_steered": start},
+        "sync": {"vector_sync_seconds": _median(syncs), "full_reload_seconds": _median(reloads),
+                 "vector_sync_seconds_all": syncs, "full_reload_seconds_all": reloads,
+                 "vector_numbers": int(vectors.numel()), "weight_numbers": int(sum(w.numel() for w in weights.values()))},
+    }
 
 
 # ------------------------------------------------------------------------------------ main

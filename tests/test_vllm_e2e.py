@@ -67,3 +67,15 @@ def test_eval_vllm_equals_hf_greedy(vllm_lm, tiny_problems, tmp_path):
     assert len(hf_texts) == 4 and hf_texts == vllm_texts
     summary = json.loads((tmp_path / "vllm" / "summary.json").read_text())
     assert summary["setup"] == "steering"
+
+
+def test_bench_measures_vllm_generation_and_sync(vllm_lm):
+    from steer_cli.bench import BenchConfig, measure_vllm
+
+    result = measure_vllm(str(vllm_lm), BenchConfig(gen_prompts=2, gen_tokens=8, gen_repeats=2,
+                                                      vllm_enforce_eager=True))
+    gen, sync = result["generation"], result["sync"]
+    assert gen["tokens_per_second_bare"] > 0 and gen["tokens_per_second_steered"] > 0
+    assert gen["engine_start_seconds_bare"] > 0 and gen["engine_start_seconds_steered"] > 0
+    assert 0 < sync["vector_sync_seconds"] and 0 < sync["full_reload_seconds"]
+    assert sync["vector_numbers"] == 2 * 128 and sync["weight_numbers"] > 100 * sync["vector_numbers"]
