@@ -323,10 +323,16 @@ class Trainer:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
-    def _allreduce_grads(self) -> None:
+    def _reduce_grads(self) -> None:
+        """Sum gradients across processes. A parameter without a gradient (every advantage of the
+        step was zero, so no backward ran) gets zeros: AdamW then still moves by its momentum, as
+        it does in the reference implementation, whose backward always runs."""
+        for p in self.trainable.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         if self.world == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.trainable.params]
+        grads = [p.grad for p in self.trainable.params]
         flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
         torch.distributed.all_reduce(flat)
         offset = 0
@@ -381,7 +387,7 @@ class Trainer:
             micro_batch_size=s.train.micro_batch_size, pad_id=pad_id, device=self.acc.device,
             kl_coef=s.train.kl_coef, train_mode=s.model.gradient_checkpointing,
         )
-        self._allreduce_grads()
+        self._reduce_grads()
         loss_global, kl_global = self._sum_across([loss_sum, kl_sum])
         params = self.trainable.params
         if s.train.max_grad_norm:
