@@ -15,6 +15,7 @@ process's resident set before it loaded the model (so torch's own import is not 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,7 +181,8 @@ def measure_setups(base: Any, seqs: list, cfg: BenchConfig, device: torch.device
     for setup in cfg.setups:
         model = copy.deepcopy(base)
         trainable, optimizer = _prepare(model, setup, cfg)
-        times = time_it(lambda: _update(trainable, optimizer, seqs, cfg, device), cfg.repeats, cfg.warmup, device)
+        times = time_it(functools.partial(_update, trainable, optimizer, seqs, cfg, device), cfg.repeats, cfg.warmup,
+                        device)
         moments, counters = optimizer_state_bytes(optimizer)
         out[setup] = {
             "trainable_params": trainable.num_trainable,

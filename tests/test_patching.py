@@ -9,7 +9,7 @@ from torch import nn
 from steer_cli.errors import SteerError
 from steer_cli.patching import ARCHITECTURES, attach_steering, locate
 from steer_cli.patching.setups import prepare_setup
-from tiny_models import CONFIGS, make_config, make_model, sample_ids
+from tiny_models import CONFIGS, make_model, sample_ids
 
 MODEL_TYPES = list(CONFIGS)
 

@@ -49,6 +49,7 @@ def eval_command(
                                          help="Columns of benchmark files given as paths: problem=COL,answer=COL"
                                               "[,id=COL][,kind=plain|gsm8k|boxed_in|list] (default: guessed)."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=doc("model.trust_remote_code")),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     print_settings: bool = typer.Option(False, "--print-settings", help="Print the resolved settings as YAML and exit."),
@@ -62,6 +63,7 @@ def eval_command(
             "eval.temperature": temperature, "eval.limit": limit, "eval.max_new_tokens": max_new_tokens,
             "rollout.backend": backend, "output.output_dir": output_dir,
             "output.overwrite": overwrite or None,
+            "model.trust_remote_code": trust_remote_code or None,
             "eval.benchmarks": run_command(parse_str_list, benchmarks),
             "eval.seeds": run_command(parse_int_list, seeds, "--seeds"),
         },

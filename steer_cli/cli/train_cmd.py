@@ -29,6 +29,7 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help=doc("train.seed")),
     resume: bool = typer.Option(False, "--resume", help=doc("output.resume")),
     overwrite: bool = typer.Option(False, "--overwrite", help=doc("output.overwrite")),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=doc("model.trust_remote_code")),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     print_settings: bool = typer.Option(False, "--print-settings", help="Print the resolved settings as YAML and exit."),
@@ -41,6 +42,7 @@ def train_command(
         "rollout.max_new_tokens": max_new_tokens, "train.lr": lr, "train.save_every": save_every,
         "rollout.backend": backend, "train.seed": seed,
         "output.resume": resume or None, "output.overwrite": overwrite or None,
+        "model.trust_remote_code": trust_remote_code or None,
     }
     settings = run_command(settings_from_cli, preset=preset, config=config, sets=sets, flags=flags)
     if print_settings:

@@ -489,6 +489,7 @@ class Trainer:
             "prompts_per_step": self.s.train.prompts_per_step,
             "data_size": len(self.examples),
             "data_fingerprint": self.data_fingerprint,
+            "data_counts": self.data_counts,
             "data_position": step * self.s.train.prompts_per_step,
             "nonfinite_total": self.nonfinite_total,
             "consecutive_nonfinite": self.consecutive_nonfinite,
@@ -568,8 +569,11 @@ class Trainer:
 
     def _describe(self) -> str:
         t = self.trainable
+        c = self.data_counts
+        dropped = "".join(f", {n} {what}" for n, what in ((c["skipped_rows"], "bad rows skipped"),
+                                                            (c["too_long"], "prompts over the length limit")) if n)
         return (f"{self.s.model.name} · {self.s.setup.kind} ({t.num_trainable:,} trainable) · "
-                f"{len(self.examples)} problems · {self.total_steps} steps x {self.s.train.prompts_per_step} "
+                f"{len(self.examples)} problems{dropped} · {self.total_steps} steps x {self.s.train.prompts_per_step} "
                 f"prompts x {self.s.rollout.num_generations} samples · {self.world} process(es) · {self.out_dir}")
 
 
