@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -36,7 +35,7 @@ from steer_cli import eval_metrics as M
 from steer_cli.data.benchmarks import BENCHMARKS, Benchmark, HubSource, load_benchmark, resolve_benchmarks
 from steer_cli.data.records import FieldMap, Problem
 from steer_cli.errors import SteerError
-from steer_cli.io import atomic_path, atomic_write_json, atomic_write_text
+from steer_cli.io import atomic_path, atomic_write_json, atomic_write_text, clear_dir
 from steer_cli.settings import Layer, Settings, read_yaml_file
 
 SUMMARY_KIND = "steer-eval"
@@ -113,22 +112,6 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
         raise SteerError(f"{path} is an evaluation output, not a training run; pass the run it came from")
     raise SteerError(f"{path} is not a steer training run (no settings.yaml with metrics.jsonl or "
                      "checkpoints); pass a run directory, one of its checkpoint directories, or --model")
-
-
-def find_latest_run(runs_dir: str | Path) -> tuple[Path, Path]:
-    """The most recent training run under ``runs_dir`` and its checkpoint to evaluate."""
-    root = Path(runs_dir)
-    candidates = []
-    if root.is_dir():
-        for settings_file in root.rglob("settings.yaml"):
-            run = settings_file.parent
-            if (run / "metrics.jsonl").is_file():
-                stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file()), default=0.0)
-                candidates.append((stamp, str(run)))
-    if not candidates:
-        raise SteerError(f"no training run found under {root}/; pass a run directory, or --model M "
-                         "(e.g. --model demo) to evaluate a model")
-    return resolve_run(max(candidates)[1])
 
 
 def run_settings_layer(run_dir: Path) -> Layer:
@@ -476,11 +459,7 @@ def _check_output_dir(out: Path, ident: dict[str, Any], overwrite: bool) -> str:
 def _init_output_dir(out: Path, mode: str, settings: Settings, target_doc: dict[str, Any]) -> None:
     try:
         if mode == "overwrite":
-            for child in out.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            clear_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "settings.yaml", settings.to_yaml())
         atomic_write_json(out / "target.json", target_doc)

@@ -92,7 +92,9 @@ def read_source(path: str | Path) -> Extracted:
 
 
 def _read_dir(path: Path) -> Extracted:
-    vectors_file = find_run_vectors(path)
+    from steer_cli.train.checkpoint import run_vectors_file
+
+    vectors_file = run_vectors_file(path)
     if vectors_file is not None:
         tensor, meta = load_vectors(vectors_file)
         kind = "steer checkpoint" if vectors_file.parent == path else "steer run"
@@ -104,30 +106,6 @@ def _read_dir(path: Path) -> Extracted:
         f"{path} holds nothing steer can extract from: looked for a training run (final/ or checkpoint-N/ "
         "with vectors.safetensors), vectors.safetensors, and *.safetensors checkpoint shards"
     )
-
-
-def find_run_vectors(path: Path) -> Path | None:
-    """vectors.safetensors of a steer checkpoint dir, or of a run's final/ (else latest checkpoint-N/)."""
-    if (path / "vectors.safetensors").is_file():
-        return path / "vectors.safetensors"
-    candidates = []
-    if (path / "final").is_dir():
-        candidates.append(path / "final")
-    numbered = []
-    for child in path.glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", child.name)
-        if m and child.is_dir():
-            numbered.append((int(m.group(1)), child))
-    candidates += [c for _, c in sorted(numbered, reverse=True)]
-    for checkpoint in candidates:
-        if (checkpoint / "vectors.safetensors").is_file():
-            return checkpoint / "vectors.safetensors"
-    for checkpoint in candidates:
-        for sub, what in (("adapter", "a LoRA adapter"), ("model", "the full model")):
-            if (checkpoint / sub).is_dir():
-                raise SteerError(f"{checkpoint} holds {what} ({sub}/), not steering vectors; "
-                                 "only steering runs have vectors to extract")
-    return None
 
 
 def _head(path: Path) -> bytes:

@@ -77,6 +77,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def clear_dir(path: str | os.PathLike) -> None:
+    """Delete what a directory holds (links are removed, not followed); keep the directory."""
+    for child in Path(path).iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON line and flush it to disk (metrics logs survive kills line by line)."""
     with open(path, "a", encoding="utf-8") as f:

@@ -206,18 +206,14 @@ def find_vectors(target: Optional[str | Path], runs_dir: str | Path = "runs") ->
         raise SteerError(f"{path} does not exist; pass a vectors file or a training run directory")
     if path.is_file():
         return path, note
-    if (path / "vectors.safetensors").exists():
-        return path / "vectors.safetensors", note
-    if (path / "final" / "vectors.safetensors").exists():
-        return path / "final" / "vectors.safetensors", note
-    from steer_cli.train.checkpoint import list_checkpoints
+    from steer_cli.train.checkpoint import run_vectors_file
 
-    ckpts = [p for _, p in list_checkpoints(path) if (p / "vectors.safetensors").exists()]
-    if ckpts:
-        extra = f"{path} has no final/ yet; using {ckpts[-1].name}"
-        return ckpts[-1] / "vectors.safetensors", f"{note}; {extra}" if note else extra
-    if (path / "final" / "adapter").exists() or (path / "final" / "model").exists():
-        raise SteerError(f"{path} is a LoRA or full fine-tuning run; lens reads steering vectors only")
+    found = run_vectors_file(path)
+    if found is not None:
+        if found.parent != path and found.parent.name != "final":
+            extra = f"{path} has no final/ yet; using {found.parent.name}"
+            note = f"{note}; {extra}" if note else extra
+        return found, note
     raise SteerError(f"{path} holds no vectors.safetensors (nor final/ or checkpoint-*/ with one); pass the vectors file")
 
 

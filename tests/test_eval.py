@@ -216,7 +216,7 @@ def test_run_that_is_not_a_run_and_no_run_found(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "not a steer training run" in result.output
     monkeypatch.chdir(tmp_path)
     result = invoke(["eval"])
-    assert result.exit_code == 2 and "no training run found under runs/" in result.output
+    assert result.exit_code == 2 and "no runs/ directory here" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stray"]
 
 

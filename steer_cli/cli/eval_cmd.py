@@ -14,6 +14,7 @@ from steer_cli.cli.common import (
     SET_HELP,
     doc,
     is_interactive,
+    latest_run,
     parse_int_list,
     parse_str_list,
     run_command,
@@ -99,7 +100,7 @@ def _eval(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path],
         info(f"evaluating training run {run_dir} ({checkpoint.name})")
     elif not names_model:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
-        run_dir, checkpoint = ev.find_latest_run(runs_dir)
+        run_dir, checkpoint = ev.resolve_run(latest_run(runs_dir, kind="train"))
         info(f"evaluating the most recent training run: {run_dir} ({checkpoint.name})")
     if run_dir is not None:
         settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,

@@ -93,12 +93,14 @@ def remove_partial_checkpoints(out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(out_dir: Path, *, resumable: bool = True) -> list[tuple[int, Path]]:
+    """(step, dir) of ``checkpoint-N`` directories, oldest first; ``resumable`` keeps only those
+    with trainer state (all of ours; hand-made ones may hold just vectors)."""
     found = []
     if out_dir.is_dir():
         for child in out_dir.iterdir():
             m = _CKPT_RE.match(child.name)
-            if m and child.is_dir() and (child / STATE_FILE).exists():
+            if m and child.is_dir() and (not resumable or (child / STATE_FILE).exists()):
                 found.append((int(m.group(1)), child))
     return sorted(found)
 
@@ -106,6 +108,24 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(out_dir: Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+def run_vectors_file(path: Path) -> Path | None:
+    """``vectors.safetensors`` of a checkpoint directory, or of a run's ``final/`` (else its newest
+    ``checkpoint-N/``); None when there is none. A LoRA or full run is a clear error."""
+    if (path / "vectors.safetensors").is_file():
+        return path / "vectors.safetensors"
+    candidates = ([path / "final"] if (path / "final").is_dir() else [])
+    candidates += [c for _, c in reversed(list_checkpoints(path, resumable=False))]
+    for checkpoint in candidates:
+        if (checkpoint / "vectors.safetensors").is_file():
+            return checkpoint / "vectors.safetensors"
+    for checkpoint in candidates:
+        for sub, what in (("adapter", "a LoRA adapter"), ("model", "the full model")):
+            if (checkpoint / sub).is_dir():
+                raise SteerError(f"{checkpoint} holds {what} ({sub}/), not steering vectors; "
+                                 "only steering runs have vectors")
+    return None
 
 
 def prune_checkpoints(out_dir: Path, keep_last: int) -> None:

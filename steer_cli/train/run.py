@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 
 from steer_cli.errors import SteerError
 from steer_cli.faults import maybe_die
-from steer_cli.io import append_jsonl, atomic_write_text
+from steer_cli.io import append_jsonl, atomic_write_text, clear_dir
 from steer_cli.settings import Settings, diff_settings, load_settings_file
 from steer_cli.train.checkpoint import (
     latest_checkpoint,
@@ -124,11 +123,7 @@ def init_output_dir(out_dir: Path, s: Settings) -> None:
         return
     try:
         if out_dir.exists() and s.output.overwrite:
-            for child in out_dir.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            clear_dir(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "settings.yaml", s.to_yaml())
     except OSError as err:
