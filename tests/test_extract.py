@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import torch
+from cli_helpers import one_line_error
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
-from steer_cli.vectors import load_vectors
-from steer_cli.vectors import save_vectors, unembed_sha256
+from steer_cli.vectors import load_vectors, save_vectors, unembed_sha256
 
 _register()
 runner = CliRunner()
@@ -26,12 +26,6 @@ def said(result):
     return " ".join(result.output.split())
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 def make_run(root, name="run", vectors=None, step_dirs=("final",), layers=None):

@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
 from steer_cli import lens
@@ -218,24 +219,18 @@ def test_cli_picks_the_latest_training_run(tiny_lm, tmp_path):
     assert json.loads(result.stdout)["vectors"] == str(run / "final" / "vectors.safetensors")
 
 
-def _one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_cli_bad_inputs_get_one_line_errors(tiny_lm, tmp_path):
     _vectors(tmp_path / "wide.safetensors", tiny_lm, layers=3)
-    _one_line_error(runner.invoke(app, ["lens", str(tmp_path / "wide.safetensors")]), "shape", "[3, 64]", "[2, 64]")
+    one_line_error(runner.invoke(app, ["lens", str(tmp_path / "wide.safetensors")]), "shape", "[3, 64]", "[2, 64]")
     (tmp_path / "v.pt").write_bytes(pickle.dumps({"vectors": [1.0]}, protocol=4))
-    _one_line_error(runner.invoke(app, ["lens", str(tmp_path / "v.pt"), "--model", str(tiny_lm)]), "pickle")
+    one_line_error(runner.invoke(app, ["lens", str(tmp_path / "v.pt"), "--model", str(tiny_lm)]), "pickle")
     (tmp_path / "notes.txt").write_text("these are not vectors\n")
-    _one_line_error(runner.invoke(app, ["lens", str(tmp_path / "notes.txt"), "--model", str(tiny_lm)]), "safetensors")
+    one_line_error(runner.invoke(app, ["lens", str(tmp_path / "notes.txt"), "--model", str(tiny_lm)]), "safetensors")
     save_vectors(tmp_path / "anon.safetensors", torch.randn(2, 64))
-    _one_line_error(runner.invoke(app, ["lens", str(tmp_path / "anon.safetensors")]), "--model")
-    _one_line_error(runner.invoke(app, ["lens", str(tmp_path / "anon.safetensors"), "--model", str(tiny_lm),
+    one_line_error(runner.invoke(app, ["lens", str(tmp_path / "anon.safetensors")]), "--model")
+    one_line_error(runner.invoke(app, ["lens", str(tmp_path / "anon.safetensors"), "--model", str(tiny_lm),
                                         "--layer", "5"]), "--layer 5")
-    _one_line_error(runner.invoke(app, ["lens", str(tmp_path / "missing.safetensors")]), "does not exist")
-    _one_line_error(runner.invoke(app, ["lens", "--runs-dir", str(tmp_path / "nowhere")]), "no run given")
+    one_line_error(runner.invoke(app, ["lens", str(tmp_path / "missing.safetensors")]), "does not exist")
+    one_line_error(runner.invoke(app, ["lens", "--runs-dir", str(tmp_path / "nowhere")]), "no run given")

@@ -6,15 +6,15 @@ import json
 
 import pytest
 import torch
+from cli_helpers import one_line_error
+from tiny_models import make_model, sample_ids
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
-from steer_cli.vectors import load_vectors
 from steer_cli.patching.fold import fold_vectors
 from steer_cli.patching.steering import attach_steering
-from steer_cli.vectors import save_vectors
-from tiny_models import make_model, sample_ids
+from steer_cli.vectors import load_vectors, save_vectors
 
 _register()
 runner = CliRunner()
@@ -24,12 +24,6 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 def single_layer_files(tmp_path, layers, num_layers=4, width=8, **meta):
@@ -193,8 +187,9 @@ UNFOLDABLE = [
 
 @pytest.mark.parametrize("model_type,overrides,place,reason", UNFOLDABLE)
 def test_unfoldable_architectures_say_why(model_type, overrides, place, reason):
-    from steer_cli.patching.fold import fold_plan
     from tiny_models import make_config
+
+    from steer_cli.patching.fold import fold_plan
 
     with pytest.raises(SteerError, match="folding is unsupported") as err:
         fold_plan(make_config(model_type, **overrides), place)

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from tiny_models import make_model
 
 from steer_cli.train.batch import completion_logprobs, pack_left
 from steer_cli.train.objective import group_advantages, k3_kl, kl_penalty, policy_loss, token_logprobs
-from tiny_models import make_model
 
 
 def test_rloo_is_leave_one_out_mean():

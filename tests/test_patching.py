@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import CONFIGS, make_model, sample_ids
 from torch import nn
 
 from steer_cli.errors import SteerError
 from steer_cli.patching import ARCHITECTURES, attach_steering, locate
 from steer_cli.patching.setups import prepare_setup
-from tiny_models import CONFIGS, make_model, sample_ids
 
 MODEL_TYPES = list(CONFIGS)
 

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
@@ -192,21 +193,15 @@ def test_cli_defaults_to_runs_and_says_so(tmp_path, monkeypatch):
     assert "reading runs/" in result.stderr and "Training runs" in result.stdout and "Table 1" not in result.stdout
 
 
-def _one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_cli_bad_inputs(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    _one_line_error(runner.invoke(app, ["report", str(tmp_path / "empty")]), "no results under", "summary.json")
-    _one_line_error(runner.invoke(app, ["report", str(tmp_path / "missing")]), "does not exist")
-    _one_line_error(runner.invoke(app, ["report", str(RESULTS), "--format", "html"]), "--format")
+    one_line_error(runner.invoke(app, ["report", str(tmp_path / "empty")]), "no results under", "summary.json")
+    one_line_error(runner.invoke(app, ["report", str(tmp_path / "missing")]), "does not exist")
+    one_line_error(runner.invoke(app, ["report", str(RESULTS), "--format", "html"]), "--format")
     monkeypatch.chdir(tmp_path / "empty")
-    _one_line_error(runner.invoke(app, ["report"]), "runs/")
+    one_line_error(runner.invoke(app, ["report"]), "runs/")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "summary.json").write_text("{not json")

@@ -8,15 +8,7 @@ import yaml
 from steer_cli.cli.common import settings_from_cli
 from steer_cli.errors import SteerError
 from steer_cli.presets import find_preset, load_preset_values, preset_info, preset_layer, preset_names
-from steer_cli.settings import (
-    Layer,
-    Settings,
-    all_keys,
-    build_settings,
-    diff_settings,
-    field_doc,
-    load_settings_file,
-)
+from steer_cli.settings import Layer, Settings, all_keys, build_settings, diff_settings, field_doc, load_settings_file
 
 
 def test_precedence_defaults_preset_config_set_flags(tmp_path):

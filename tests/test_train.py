@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from steer_cli.cli import app, _register
+from steer_cli.cli import _register, app
 from steer_cli.vectors import load_vectors
 
 _register()

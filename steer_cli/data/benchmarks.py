@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steer_cli.data.files import SUPPORTED_SUFFIXES, find_split_file, is_data_file_name, read_rows
+from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, guess_fields, rows_to_problems
 from steer_cli.errors import SteerError
 
@@ -203,17 +203,11 @@ def _local_benchmark_file(bench: Benchmark, data_dir: Path) -> Path:
 
 
 def _load_path(path: Path, fields: FieldMap | None) -> list[Problem]:
-    if path.is_dir():
-        found, tried = find_split_file(path, "test")
-        if found is None:
-            raise SteerError(f"no benchmark file in directory {path}; looked for "
-                             f"{', '.join(str(p) for p in tried)}")
-        path = found
-    elif not path.exists():
-        raise SteerError(f"benchmark file {path} does not exist; give a benchmark name "
-                         f"({', '.join(ALL_BENCHMARKS)}) or an existing .jsonl/.json/.parquet file")
+    path = locate_data_file(path, "test", what="benchmark file",
+                            missing=f"benchmark file {path} does not exist; give a benchmark name "
+                                    f"({', '.join(ALL_BENCHMARKS)}) or an existing .jsonl/.json/.parquet file")
     rows = read_rows(path)
-    source = path.stem if path.stem not in ("test", "train") else path.parent.name
+    source = source_name(path, "test")
     return _convert(rows, fields or guess_fields(rows, source=str(path)), source=source,
                     where=str(path))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steer_cli.data.files import SUPPORTED_SUFFIXES, find_split_file, is_data_file_name, read_rows
+from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, columns_of, guess_fields, rows_to_problems
 from steer_cli.errors import SteerError
 
@@ -105,19 +105,13 @@ def _fields_if_present(fields: FieldMap, rows: list[dict[str, Any]]) -> FieldMap
 
 
 def _load_local(path: Path, fields: FieldMap | None, split: str) -> tuple[list[Problem], int]:
-    if path.is_dir():
-        found, tried = find_split_file(path, split)
-        if found is None:
-            raise SteerError(f"no {split} data file in directory {path}; looked for "
-                             f"{', '.join(str(p) for p in tried)}")
-        path = found
-    elif not path.exists():
-        raise SteerError(f"training data file {path} does not exist; check the path, or give "
-                         f"one of {', '.join(TRAIN_SETS)} or a hub id like owner/name")
+    path = locate_data_file(path, split, what=f"{split} data file",
+                            missing=f"training data file {path} does not exist; check the path, or give "
+                                    f"one of {', '.join(TRAIN_SETS)} or a hub id like owner/name")
     rows = read_rows(path)
     if not rows:
         raise SteerError(f"{path} holds no rows: no usable training problems; point --dataset at a non-empty file")
-    source = path.stem if path.stem not in ("test", "train", split) else path.parent.name
+    source = source_name(path, split)
     return _convert(rows, fields or guess_fields(rows, source=str(path)), source=source, where=str(path))
 
 

@@ -134,3 +134,24 @@ def find_split_file(directory: Path, split: str) -> tuple[Path | None, list[Path
     if len(files) == 1:
         return files[0], tried
     return None, tried
+
+
+def locate_data_file(path: Path, split: str, *, what: str, missing: str) -> Path:
+    """``path`` itself, or the ``split`` file inside it when it is a directory; one-line errors otherwise.
+
+    ``what`` names the file looked for in a directory ("benchmark file"); ``missing`` is the whole
+    error for a path that does not exist.
+    """
+    if path.is_dir():
+        found, tried = find_split_file(path, split)
+        if found is None:
+            raise SteerError(f"no {what} in directory {path}; looked for {', '.join(str(p) for p in tried)}")
+        return found
+    if not path.exists():
+        raise SteerError(missing)
+    return path
+
+
+def source_name(path: Path, split: str) -> str:
+    """A short name for where rows came from: the file's stem, or its directory for ``<split>.jsonl``."""
+    return path.parent.name if path.stem in ("test", "train", split) else path.stem

@@ -36,7 +36,6 @@ from steer_cli.train.checkpoint import (
     save_final,
 )
 
-
 # ------------------------------------------------------------------------------------ settings
 
 def check_training_settings(s: Settings) -> None:
