@@ -42,6 +42,9 @@ RANDOM_MODELS = {
 }
 
 
+BACKENDS = ("hf", "vllm")
+
+
 @dataclass
 class BenchConfig:
     model: str = "demo"
@@ -50,7 +53,7 @@ class BenchConfig:
     sequences: int = 8  # completions in the rollout batch
     prompt_len: int = 64
     completion_len: int = 192
-    micro_batch_size: int = 8
+    micro_batch_size: int = 1  # as the paper's DeepScaleR presets (train.micro_batch_size: 1)
     repeats: int = 5
     warmup: int = 1
     gen_prompts: int = 4
@@ -101,6 +104,9 @@ def materialize_model(name: str, workdir: Path, seed: int = 0) -> str:
         raise SteerError(f"unknown random model {name!r}; choose one of {', '.join(RANDOM_MODELS)}")
     from transformers import AutoModelForCausalLM, Qwen2Config
 
+    from steer_cli.models import quiet_transformers
+
+    quiet_transformers()
     path = workdir / name
     if not (path / "config.json").exists():
         torch.manual_seed(seed)
@@ -406,9 +412,17 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    problems = [f"--{name.replace('_', '-')} must be a positive integer (got {getattr(cfg, name)})"
+                for name in ("sequences", "prompt_len", "completion_len", "micro_batch_size", "repeats")
+                if getattr(cfg, name) < 1]
     bad = [s for s in cfg.setups if s not in SETUPS]
+    if bad or not cfg.setups:
+        problems.append(f"--setups: unknown or none {bad}; choose from {', '.join(SETUPS)}")
+    bad = [b for b in cfg.backends if b not in BACKENDS]
     if bad:
-        raise SteerError(f"unknown setups {bad}; choose from {', '.join(SETUPS)}")
+        problems.append(f"--backend: unknown {bad}; choose from {', '.join(BACKENDS)}")
+    if problems:
+        raise SteerError("; ".join(problems))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="steer-bench-") as tmp:
         model_path = materialize_model(cfg.model, Path(tmp), cfg.seed)

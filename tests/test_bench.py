@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
 from steer_cli.bench import BenchConfig, check_targets, optimizer_state_bytes, run_bench
@@ -56,3 +57,9 @@ def test_bench_cli_writes_json_that_report_reads(tiny_lm, tmp_path):
     report = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert report.exit_code == 0, report.output
     assert "Optimizer Memory" in report.output or "optimizer" in report.output.lower()
+
+
+def test_bench_bad_flags_are_one_line_error_naming_each(tiny_lm):
+    result = CliRunner().invoke(app, ["bench", "--model", str(tiny_lm), "--micro-batch-size", "0",
+                                      "--setups", "steering,qlora", "--backend", "tgi"])
+    one_line_error(result, "--micro-batch-size must be a positive integer", "qlora", "tgi")

@@ -13,23 +13,26 @@ from steer_cli.cli.common import info, parse_str_list, run_command
 
 @app.command("bench")
 def bench_command(
-    model: str = typer.Option("demo", "--model", help="Model to measure: hub id, local dir, 'demo', or a random Qwen2 shape: random-50m, random-150m."),
-    setups: str = typer.Option("steering,lora,full", "--setups", help="Setups to compare (comma-separated)."),
-    backend: str = typer.Option("hf", "--backend", help="Generation backends to measure: hf, vllm, or hf,vllm."),
-    sequences: int = typer.Option(8, "--sequences", help="Completions in the fixed rollout batch."),
-    prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens per sequence."),
-    completion_len: int = typer.Option(192, "--completion-len", help="Completion tokens per sequence."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed repeats (the median is reported) after one warm-up."),
-    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (a fresh process per setup on CPU)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to measure: hub id, local dir, 'demo' (default), or a random Qwen2 shape: random-50m, random-150m."),
+    setups: Optional[str] = typer.Option(None, "--setups", help="Setups to compare, comma-separated (default steering,lora,full)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Generation backends to measure: hf (default), vllm, or hf,vllm."),
+    sequences: Optional[int] = typer.Option(None, "--sequences", help="Completions in the fixed rollout batch (default 8)."),
+    prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="Prompt tokens per sequence (default 64)."),
+    completion_len: Optional[int] = typer.Option(None, "--completion-len", help="Completion tokens per sequence (default 192)."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Sequences per forward/backward pass (default 1, as the paper's DeepScaleR presets)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed repeats (the median is reported) after one warm-up (default 5)."),
+    memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak memory (a fresh process per setup on CPU; default on)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (read by `steer report`)."),
 ) -> None:
     """Measure trainable parameters, optimizer state, update-step time and memory per setup,
     generation speed with vectors attached, and (vLLM) vector sync vs full reload."""
     from steer_cli.bench import BenchConfig, check_targets, run_bench, write_json
 
-    cfg = BenchConfig(model=model, setups=tuple(parse_str_list(setups) or ()), backends=tuple(parse_str_list(backend) or ()),
-                      sequences=sequences, prompt_len=prompt_len, completion_len=completion_len,
-                      repeats=repeats, memory=memory)
+    given = {"model": model, "sequences": sequences, "prompt_len": prompt_len, "completion_len": completion_len,
+             "micro_batch_size": micro_batch_size, "repeats": repeats, "memory": memory,
+             "setups": tuple(parse_str_list(setups) or ()) if setups is not None else None,
+             "backends": tuple(parse_str_list(backend) or ()) if backend is not None else None}
+    cfg = BenchConfig(**{k: v for k, v in given.items() if v is not None})
     result = run_command(run_bench, cfg, lambda msg: info(f"[dim]bench: {msg}[/dim]"))
     result["targets"] = check_targets(result)
     if json_path is not None:
