@@ -58,7 +58,7 @@ class BenchConfig:
     warmup: int = 1
     gen_prompts: int = 4
     gen_tokens: int = 64
-    gen_repeats: int = 5
+    gen_repeats: int = 9
     dtype: str = "auto"
     seed: int = 0
     lora_rank: int = 4
@@ -182,6 +182,32 @@ def time_it(fn: Callable[[], None], repeats: int, warmup: int, device: torch.dev
     return times
 
 
+def interleaved(bare: Callable[[], float], steered: Callable[[], float], repeats: int) -> tuple[list[float], list[float]]:
+    """``repeats`` timings of each, taken in pairs whose order alternates (AB, BA, ...), so that a
+    slow stretch of the machine or a drift over the run lands on both sides, after one warm-up each."""
+    bare(), steered()
+    bare_times, steered_times = [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            bare_times.append(bare())
+            steered_times.append(steered())
+        else:
+            steered_times.append(steered())
+            bare_times.append(bare())
+    return bare_times, steered_times
+
+
+def paired_speed_ratio(bare_seconds: list[float], steered_seconds: list[float]) -> float:
+    """Median over adjacent pairs of steered tokens/s over bare tokens/s (= bare time / steered time)."""
+    return _median([b / s for b, s in zip(bare_seconds, steered_seconds)])
+
+
+def _generation_result(bare: list[float], steered: list[float], tokens: int) -> dict[str, Any]:
+    return {"tokens_per_second_bare": tokens / _median(bare), "tokens_per_second_steered": tokens / _median(steered),
+            "steered_over_bare_paired": paired_speed_ratio(bare, steered),
+            "seconds_bare_all": bare, "seconds_steered_all": steered, "tokens": tokens}
+
+
 def measure_setups(base: Any, seqs: list, cfg: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for setup in cfg.setups:
@@ -289,7 +315,7 @@ def measure_peak_memory_cuda(base: Any, setup: str, seqs: list, cfg: BenchConfig
 # ------------------------------------------------------------------------------------ generation
 
 def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
-    """Greedy generation of a fixed number of tokens, bare vs steered, interleaved A/B/A/B."""
+    """Greedy generation of a fixed number of tokens, bare vs steered, interleaved."""
     from transformers import GenerationConfig
 
     from steer_cli.patching.steering import attach_steering
@@ -318,15 +344,8 @@ def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> 
             if steered:
                 handle.remove()
 
-    run(False)
-    run(True)
-    bare, steered = [], []
-    for _ in range(cfg.gen_repeats):
-        bare.append(run(False))
-        steered.append(run(True))
-    tokens = cfg.gen_prompts * cfg.gen_tokens
-    return {"tokens_per_second_bare": tokens / _median(bare), "tokens_per_second_steered": tokens / _median(steered),
-            "seconds_bare_all": bare, "seconds_steered_all": steered, "tokens": tokens}
+    bare, steered = interleaved(lambda: run(False), lambda: run(True), cfg.gen_repeats)
+    return _generation_result(bare, steered, cfg.gen_prompts * cfg.gen_tokens)
 
 
 def measure_vllm(model_path: str, cfg: BenchConfig) -> dict[str, Any]:
@@ -349,36 +368,35 @@ def measure_vllm(model_path: str, cfg: BenchConfig) -> dict[str, Any]:
     params = vllm.SamplingParams(max_tokens=cfg.gen_tokens, min_tokens=cfg.gen_tokens, temperature=0.0, ignore_eos=True)
     tokens = cfg.gen_prompts * cfg.gen_tokens
 
-    def tokens_per_second(llm: Any) -> tuple[float, list[float]]:
-        llm.generate(prompts, params, use_tqdm=False)
-        times = []
-        for _ in range(cfg.gen_repeats):
+    def timed(llm: Any) -> Callable[[], float]:
+        def run() -> float:
             t0 = time.perf_counter()
             llm.generate(prompts, params, use_tqdm=False)
-            times.append(time.perf_counter() - t0)
-        return tokens / _median(times), times
+            return time.perf_counter() - t0
+        return run
 
+    # Both engines stay up and take turns, so the comparison is paired in time like the hf one.
     t0 = time.perf_counter()
     bare = vllm.LLM(model=model_path, **engine)
     bare_start = time.perf_counter() - t0
-    bare_tps, bare_times = tokens_per_second(bare)
-    bare.llm_engine.engine_core.shutdown()
-    del bare
     backend_kwargs = {k: v for k, v in engine.items() if k != "enable_chunked_prefill"}
-    with VLLMBackend(model_path, **backend_kwargs) as steered:
-        vectors = 0.01 * torch.randn(steered.num_layers, steered.hidden_size, generator=g)
-        steered.set_vectors(vectors)
-        steered_tps, steered_times = tokens_per_second(steered.llm)
-        syncs = [steered.set_vectors(vectors * (i + 2)) for i in range(cfg.gen_repeats)]
-        weights: dict[str, torch.Tensor] = {}
-        for shard in sorted(Path(model_path).glob("*.safetensors")):
-            weights.update(load_file(str(shard)))
-        reloads = [steered.load_weights(weights.items()) for _ in range(2)]
-        start = steered.start_seconds
+    try:
+        with VLLMBackend(model_path, **backend_kwargs) as steered:
+            vectors = 0.01 * torch.randn(steered.num_layers, steered.hidden_size, generator=g)
+            steered.set_vectors(vectors)
+            bare_times, steered_times = interleaved(timed(bare), timed(steered.llm), cfg.gen_repeats)
+            syncs = [steered.set_vectors(vectors * (i + 2)) for i in range(cfg.gen_repeats)]
+            weights: dict[str, torch.Tensor] = {}
+            for shard in sorted(Path(model_path).glob("*.safetensors")):
+                weights.update(load_file(str(shard)))
+            reloads = [steered.load_weights(weights.items()) for _ in range(2)]
+            start = steered.start_seconds
+    finally:
+        bare.llm_engine.engine_core.shutdown()
+    generation = _generation_result(bare_times, steered_times, tokens)
+    generation.update(engine_start_seconds_bare=bare_start, engine_start_seconds_steered=start)
     return {
-        "generation": {"tokens_per_second_bare": bare_tps, "tokens_per_second_steered": steered_tps,
-                       "seconds_bare_all": bare_times, "seconds_steered_all": steered_times, "tokens": tokens,
-                       "engine_start_seconds_bare": bare_start, "engine_start_seconds_steered": start},
+        "generation": generation,
         "sync": {"vector_sync_seconds": _median(syncs), "full_reload_seconds": _median(reloads),
                  "vector_sync_seconds_all": syncs, "full_reload_seconds_all": reloads,
                  "vector_numbers": int(vectors.numel()), "weight_numbers": int(sum(w.numel() for w in weights.values()))},
@@ -404,7 +422,8 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
         out["update_time_steering_over_forward"] = r(s["steering"]["update_step_seconds"], result["forward_seconds"])
     for backend, gen in (result.get("generation") or {}).items():
         if gen:
-            out[f"generation_{backend}_steered_over_bare"] = r(gen["tokens_per_second_steered"], gen["tokens_per_second_bare"])
+            out[f"generation_{backend}_steered_over_bare"] = gen.get("steered_over_bare_paired") or r(
+                gen["tokens_per_second_steered"], gen["tokens_per_second_bare"])
     sync = result.get("vllm_sync")
     if sync:
         out["vllm_vector_sync_over_full_reload"] = r(sync["vector_sync_seconds"], sync["full_reload_seconds"])

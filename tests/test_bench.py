@@ -8,7 +8,15 @@ import json
 from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
-from steer_cli.bench import BenchConfig, check_targets, optimizer_state_bytes, run_bench
+from steer_cli.bench import (
+    BenchConfig,
+    check_targets,
+    interleaved,
+    optimizer_state_bytes,
+    paired_speed_ratio,
+    ratios,
+    run_bench,
+)
 from steer_cli.cli import _register, app
 
 _register()
@@ -63,3 +71,41 @@ def test_bench_bad_flags_are_one_line_error_naming_each(tiny_lm):
     result = CliRunner().invoke(app, ["bench", "--model", str(tiny_lm), "--micro-batch-size", "0",
                                       "--setups", "steering,qlora", "--backend", "tgi"])
     one_line_error(result, "--micro-batch-size must be a positive integer", "qlora", "tgi")
+
+
+def test_render_shows_vllm_engine_start_sync_and_ratios(capsys):
+    from steer_cli.cli.bench_cmd import _render
+
+    setup = {"trainable_params": 4096, "optimizer_state_bytes": 32768, "update_step_seconds": 1.0,
+             "peak_memory_bytes": 10 << 20}
+    result = {"model": "m", "model_params": 10**6, "num_layers": 2, "hidden_size": 2048, "machine": {"gpu": None, "cpu": "cpu", "torch": "2"},
+              "setups": {"steering": setup, "full": {**setup, "update_step_seconds": 2.0}}, "forward_seconds": 0.5,
+              "generation": {"vllm": {"tokens_per_second_bare": 100.0, "tokens_per_second_steered": 99.0,
+                                      "engine_start_seconds_bare": 12.0, "engine_start_seconds_steered": 13.5}},
+              "vllm_sync": {"vector_sync_seconds": 0.002, "full_reload_seconds": 2.0}}
+    result["ratios"] = ratios(result)
+    result["targets"] = check_targets(result)
+    _render(result)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "engine start 12 s bare, 13.5 s steered" in out, out
+    assert "vector sync 2 ms, full weight reload 2 s" in out, out
+    assert "0.500" in out and "32768 │ == 32768 │ yes" in out  # steering / full time; exact optimizer state
+
+
+def test_interleaved_alternates_order_and_paired_ratio_is_median_of_pairs():
+    calls = []
+    bare_t = iter([9.0, 2.0, 4.0, 2.0])
+    steered_t = iter([9.0, 1.0, 1.0, 4.0])
+
+    def bare():
+        calls.append("b")
+        return next(bare_t)
+
+    def steered():
+        calls.append("s")
+        return next(steered_t)
+
+    b, s = interleaved(bare, steered, 3)
+    assert calls == ["b", "s", "b", "s", "s", "b", "b", "s"]  # warm-up, then AB, BA, AB
+    assert b == [2.0, 4.0, 2.0] and s == [1.0, 1.0, 4.0]
+    assert paired_speed_ratio(b, s) == 2.0  # pairs 2/1, 4/1, 2/4 -> median 2.0

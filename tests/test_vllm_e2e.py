@@ -77,5 +77,6 @@ def test_bench_measures_vllm_generation_and_sync(vllm_lm):
     gen, sync = result["generation"], result["sync"]
     assert gen["tokens_per_second_bare"] > 0 and gen["tokens_per_second_steered"] > 0
     assert gen["engine_start_seconds_bare"] > 0 and gen["engine_start_seconds_steered"] > 0
+    assert len(gen["seconds_bare_all"]) == len(gen["seconds_steered_all"]) == 2 and gen["steered_over_bare_paired"] > 0
     assert 0 < sync["vector_sync_seconds"] and 0 < sync["full_reload_seconds"]
     assert sync["vector_numbers"] == 2 * 128 and sync["weight_numbers"] > 100 * sync["vector_numbers"]

@@ -66,8 +66,12 @@ def _render(result: dict) -> None:
     console.print(table)
     console.print(f"no-grad forward pass on the same batch: {human_seconds(result['forward_seconds'])}")
     for backend, gen in (result.get("generation") or {}).items():
+        start = ""
+        if gen.get("engine_start_seconds_bare") is not None:
+            start = (f" (engine start {human_seconds(gen['engine_start_seconds_bare'])} bare, "
+                     f"{human_seconds(gen['engine_start_seconds_steered'])} steered)")
         console.print(f"generation ({backend}): {gen['tokens_per_second_bare']:.1f} tok/s bare, "
-                      f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors")
+                      f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors{start}")
     if result.get("vllm_sync"):
         sync = result["vllm_sync"]
         console.print(f"vLLM: vector sync {human_seconds(sync['vector_sync_seconds'])}, "
