@@ -66,10 +66,19 @@ class Target:
     run: Optional[Path] = None
     checkpoint: Optional[str] = None
     train_dataset: Optional[str] = None
+    lora_rank: Optional[int] = None  # for lora: told apart in reports (the paper has r4 and r1 rows)
 
     @property
     def trained(self) -> bool:
         return self.setup != "base"
+
+
+def _adapter_rank(adapter: Path) -> Optional[int]:
+    try:
+        rank = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("r")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rank if isinstance(rank, int) else None
 
 
 def is_training_run(path: Path) -> bool:
@@ -192,7 +201,8 @@ def plan_targets(
                          train_dataset=settings.data.dataset,
                          vectors=artifact if setup == "steering" else None,
                          adapter=artifact if setup == "lora" else None,
-                         weights=artifact if setup == "full" else None)
+                         weights=artifact if setup == "full" else None,
+                         lora_rank=settings.setup.lora.rank if setup == "lora" else None)
         with_base = True if with_base is None else with_base
     elif vectors is not None:
         vectors = Path(vectors).expanduser()
@@ -204,7 +214,8 @@ def plan_targets(
         adapter = Path(adapter).expanduser()
         if not (adapter / "adapter_config.json").is_file():
             raise SteerError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
-        trained = Target(_file_label(adapter, "adapter"), "lora", model, Path(), adapter=adapter)
+        trained = Target(_file_label(adapter, "adapter"), "lora", model, Path(), adapter=adapter,
+                         lora_rank=_adapter_rank(adapter))
     targets = []
     if trained is None or with_base:
         targets.append(Target("base", "base", model, Path()))
@@ -696,7 +707,7 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
         primary[b.name] = {seed: M.primary_value(v, metric) for seed, v in result["per_seed"].items()}
     return {
         "kind": SUMMARY_KIND, "format_version": FORMAT_VERSION,
-        "model": target.model, "setup": target.setup,
+        "model": target.model, "setup": target.setup, "lora_rank": target.lora_rank,
         "vectors": _abs(target.vectors), "adapter": _abs(target.adapter), "run": _abs(target.run),
         "checkpoint": target.checkpoint, "train_dataset": target.train_dataset,
         "temperature": proto.temperature, "top_p": proto.top_p, "seeds": list(proto.seeds),

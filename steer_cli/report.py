@@ -112,6 +112,16 @@ def _bench_display(name: str) -> str:
     return b.display_name if b else name
 
 
+def setup_key(setup: str, lora_rank: Any = None) -> str:
+    """The setup as reports group it: LoRA of a rank other than the default (4) is its own row, ``lora-r1``."""
+    from steer_cli.settings import LoraSettings
+
+    default = LoraSettings.model_fields["rank"].default
+    if setup == "lora" and isinstance(lora_rank, int) and lora_rank != default:
+        return f"lora-r{lora_rank}"
+    return setup
+
+
 def parse_summary(path: Path) -> EvalSummary:
     data = _read_json(path)
     if not isinstance(data, dict) or data.get("kind") != "steer-eval":
@@ -127,7 +137,8 @@ def parse_summary(path: Path) -> EvalSummary:
         raise ValueError("it names no model or setup")
     what = data.get("run") or data.get("vectors") or data.get("adapter") or f"{data['setup']}:{data['model']}"
     identity = f"{what}|{data.get('checkpoint')}|T={data.get('temperature')}"
-    return EvalSummary(path, str(data["model"]), str(data["setup"]), data.get("train_dataset"), identity,
+    setup = setup_key(str(data["setup"]), data.get("lora_rank"))
+    return EvalSummary(path, str(data["model"]), setup, data.get("train_dataset"), identity,
                        path.stat().st_mtime, benches)
 
 
@@ -163,6 +174,9 @@ def parse_train_run(metrics_path: Path, root: Path) -> TrainRun:
             model = (s.get("model") or {}).get("name")
             dataset = (s.get("data") or {}).get("dataset")
             setup = (s.get("setup") or {}).get("kind")
+            if setup is not None:
+                lora = ((s.get("setup") or {}).get("lora") or {})
+                setup = setup_key(str(setup), lora.get("rank") if isinstance(lora, dict) else None)
             seed = (s.get("train") or {}).get("seed")
     try:
         label = str(run.relative_to(root)) if run != root else run.name

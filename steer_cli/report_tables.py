@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 SETUP_LABELS = {"base": "Base", "steering": "Steering", "full": "Full-Tune", "lora": "LoRA"}
-TABLE1_SETUPS = ("base", "steering", "full", "lora")  # the paper's Table 1 row order
+TABLE1_SETUPS = ("base", "steering", "full", "lora", "lora-r1")  # the paper's Table 1 row order
 TABLE4_SETUPS = ("base", "full", "steering", "lora")  # the paper's Table 4 row order
 BENCH_SETUPS = ("full", "lora", "steering")
+
+
+def setup_label(setup: str) -> str:
+    """'Steering', 'LoRA', ...; a LoRA of another rank (``lora-r1``) reads 'LoRA r1'."""
+    if setup.startswith("lora-r"):
+        return f"LoRA r{setup[len('lora-r'):]}"
+    return SETUP_LABELS.get(setup, setup)
+
+
 DATASET_LABELS = {"deepscaler": "DeepScaleR", "gsm8k": "GSM8K", "math": "MATH", "demo": "demo"}
 MISSING = None
 
@@ -178,7 +187,7 @@ def table1(results: Any) -> Optional[Table]:
     for k in keys:
         model, setup, train = k
         members = groups[k]
-        row: list[Any] = [model, SETUP_LABELS.get(setup, setup)]
+        row: list[Any] = [model, setup_label(setup)]
         if show_train:
             row.append(_dataset_label(train) if setup != "base" and train else MISSING)
         per_bench = {b: _pooled(members, b, _primary) for b in benches}
@@ -240,17 +249,18 @@ def table4(results: Any) -> Optional[Table]:
         return _mean(list(per_seed.values())) if per_seed else None
 
     display = {b: next(e.benchmarks[b].display for e in evals if b in e.benchmarks) for _, b in pairs}
+    setups = [*TABLE4_SETUPS, *sorted({e.setup for e in trained} - set(TABLE4_SETUPS))]  # other ranks last
     rows = []
     for train, bench in pairs:
         full = {m: value(m, "full", train, bench) for m in models}
-        for setup in TABLE4_SETUPS:
+        for setup in setups:
             cells: list[Any] = []
             for m in models:
                 v = value(m, setup, train, bench) if (m, train, bench) in has_pair else None
-                delta = v - full[m] if (v is not None and full[m] is not None and setup in ("steering", "lora")) else None
+                delta = v - full[m] if (v is not None and full[m] is not None and setup not in ("base", "full")) else None
                 cells.append(WithDelta(v, delta) if v is not None else MISSING)
             if any(c is not None for c in cells):
-                rows.append([f"{_dataset_label(train)} / {display[bench]}", SETUP_LABELS[setup], *cells])
+                rows.append([f"{_dataset_label(train)} / {display[bench]}", setup_label(setup), *cells])
     if not rows:
         return None
     return Table("Table 4 form: accuracy (%, mean@k where recorded) per train / test pair; "
@@ -306,7 +316,7 @@ def table3(results: Any) -> list[Table]:
         machine = data.get("machine") or {}
         where = machine.get("gpu") or machine.get("cpu") or "unknown machine"
         tables.append(Table(f"Table 3 form: resource cost, {data.get('model', '?')} on {where} ({bench.path.name})",
-                            ["Metric", *(SETUP_LABELS.get(s, s) for s in setups)], rows, _bench_notes(data)))
+                            ["Metric", *(setup_label(s) for s in setups)], rows, _bench_notes(data)))
     return tables
 
 
@@ -349,7 +359,7 @@ def training_table(results: Any) -> Optional[Table]:
         norm = _mean(norms) if isinstance(norms, list) and norms else None
         rows.append([
             r.label, _model_label(r.model) if r.model else MISSING, _dataset_label(r.dataset),
-            SETUP_LABELS.get(r.setup, r.setup) if r.setup else MISSING, MISSING if r.seed is None else str(r.seed),
+            setup_label(r.setup) if r.setup else MISSING, MISSING if r.seed is None else str(r.seed),
             str(m[-1].get("step", len(m))) if m else "0",
             f"{start:.3f} → {end:.3f}" if start is not None and end is not None else None,
             f"{100 * acc:.1f}" if acc is not None else None,

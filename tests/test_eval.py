@@ -137,7 +137,7 @@ def test_adapter_is_applied(tiny_lm, shared_data, tmp_path):
                               "-o", out, data=shared_data))
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "my-adapter" / "summary.json").read_text())
-    assert summary["setup"] == "lora" and summary["adapter"] == str(adapter)
+    assert summary["setup"] == "lora" and summary["adapter"] == str(adapter) and summary["lora_rank"] == 2
     texts = [[s["text"] for line in jsonl(out / label / "seed-0" / "gsm8k.jsonl") for s in line["samples"]]
              for label in ("base", "my-adapter")]
     assert texts[0] != texts[1]
@@ -270,3 +270,16 @@ def test_full_checkpoint_of_a_run(tiny_lm, shared_data, tmp_path):
     texts = [[s["text"] for line in jsonl(run / "eval" / label / "seed-0" / "gsm8k.jsonl") for s in line["samples"]]
              for label in ("base", "final")]
     assert texts[0] == texts[1]
+
+
+def test_a_lora_run_target_carries_its_rank(tmp_path):
+    from steer_cli.evaluate import plan_targets
+
+    run = tmp_path / "run"
+    (run / "final" / "adapter").mkdir(parents=True)
+    (run / "final" / "adapter" / "adapter_config.json").write_text("{}")
+    settings = build_settings([Layer({"model": {"name": "m"}, "setup": {"kind": "lora", "lora": {"rank": 1}},
+                                      "output": {"output_dir": str(run)}}, "test")])
+    base, trained = plan_targets(settings, run=run, checkpoint=run / "final")
+    assert (base.setup, base.lora_rank) == ("base", None)
+    assert (trained.setup, trained.lora_rank) == ("lora", 1)

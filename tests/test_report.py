@@ -140,14 +140,15 @@ def test_csv_format_has_numbers_in_separate_columns():
     assert lora["Llama-3.1-8B"] == "74.24" and lora["Llama-3.1-8B vs Full-Tune"] == "-2.25"
 
 
-def _write_summary(path: Path, run: str, values: dict[str, float], seeds=(0, 1), model="Qwen/Qwen2.5-7B") -> None:
+def _write_summary(path: Path, run: str, values: dict[str, float], seeds=(0, 1), model="Qwen/Qwen2.5-7B",
+                   setup="steering", **extra) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     benches = {"math500": {"display": "MATH500", "metric": "pass@1", "samples": 1, "problems": 500,
                            "per_seed": {str(s): {"pass@1": values[str(s)]} for s in seeds},
                            "mean": None, "std": None}}
-    path.write_text(json.dumps({"kind": "steer-eval", "format_version": 1, "model": model, "setup": "steering",
+    path.write_text(json.dumps({"kind": "steer-eval", "format_version": 1, "model": model, "setup": setup,
                                 "run": run, "checkpoint": "final", "train_dataset": "deepscaler",
-                                "temperature": 1.0, "seeds": list(seeds), "benchmarks": benches}))
+                                "temperature": 1.0, "seeds": list(seeds), "benchmarks": benches, **extra}))
 
 
 def test_reruns_replace_and_training_seeds_average(tmp_path):
@@ -160,6 +161,18 @@ def test_reruns_replace_and_training_seeds_average(tmp_path):
     t1 = find(github_tables(report([tmp_path]).text), "Table 1")
     # per eval seed: mean over the two training runs (0.4, 0.5); then mean ± std over seeds
     assert row(t1, Setup="Steering")["MATH500"] == "45.0 ± 5.0"
+
+
+def test_lora_ranks_are_separate_rows(tmp_path):
+    _write_summary(tmp_path / "r4" / "summary.json", "runs/r4", {"0": 0.40, "1": 0.40}, setup="lora", lora_rank=4)
+    _write_summary(tmp_path / "r1" / "summary.json", "runs/r1", {"0": 0.20, "1": 0.30}, setup="lora", lora_rank=1)
+    _write_summary(tmp_path / "old" / "summary.json", "runs/old", {"0": 0.40, "1": 0.40}, setup="lora")  # no rank
+    text = report([tmp_path]).text
+    t1 = find(github_tables(text), "Table 1")
+    assert row(t1, Setup="LoRA")["MATH500"] == "40.0 ± 0.0"  # r4 and the rank-less summary: one row
+    assert row(t1, Setup="LoRA r1")["MATH500"] == "25.0 ± 5.0"
+    t4 = find(github_tables(text), "Table 4")
+    assert {r["Setup"] for r in t4} == {"LoRA", "LoRA r1"}
 
 
 def test_plots_are_written(tmp_path):
