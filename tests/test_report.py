@@ -173,6 +173,12 @@ def test_lora_ranks_are_separate_rows(tmp_path):
     assert row(t1, Setup="LoRA r1")["MATH500"] == "25.0 ± 5.0"
     t4 = find(github_tables(text), "Table 4")
     assert {r["Setup"] for r in t4} == {"LoRA", "LoRA r1"}
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "settings.yaml").write_text("setup:\n  kind: lora\n  lora:\n    rank: 1\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward_mean": 0.1}) + "\n")
+    runs = find(github_tables(report([tmp_path / "runs"]).text), "Training runs")
+    assert row(runs, Run="r1")["Setup"] == "LoRA r1"
 
 
 def test_plots_are_written(tmp_path):
