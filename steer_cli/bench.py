@@ -23,7 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,13 @@ RANDOM_MODELS = {
 }
 
 
+def _train_default(name: str) -> Any:
+    """The trainer's own default for a setting the bench shares with it (one place for defaults)."""
+    from steer_cli.settings import TrainSettings
+
+    return TrainSettings.model_fields[name].default
+
+
 BACKENDS = ("hf", "vllm")
 
 
@@ -54,6 +61,7 @@ class BenchConfig:
     prompt_len: int = 64
     completion_len: int = 192
     micro_batch_size: int = 1  # as the paper's DeepScaleR presets (train.micro_batch_size: 1)
+    logprob_chunk_tokens: int = field(default_factory=lambda: _train_default("logprob_chunk_tokens"))
     repeats: int = 5
     warmup: int = 1
     gen_prompts: int = 4
@@ -145,7 +153,8 @@ def _update(trainable: Any, optimizer: torch.optim.Optimizer, seqs: list, cfg: B
 
     tokens = float(sum(len(c) for _, c, _ in seqs))
     accumulate_policy_gradients(trainable, seqs, global_tokens=tokens, temperature=1.0,
-                                micro_batch_size=cfg.micro_batch_size, pad_id=0, device=device)
+                                micro_batch_size=cfg.micro_batch_size, pad_id=0, device=device,
+                                logprob_chunk_tokens=cfg.logprob_chunk_tokens)
     torch.nn.utils.clip_grad_norm_(trainable.params, 2.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -238,7 +247,7 @@ def measure_forward(base: Any, seqs: list, cfg: BenchConfig, device: torch.devic
             for start in range(0, len(seqs), cfg.micro_batch_size):
                 chunk = seqs[start:start + cfg.micro_batch_size]
                 packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], 0).to(device)
-                batch.completion_logprobs(base, packed, 1.0)
+                batch.completion_logprobs(base, packed, 1.0, cfg.logprob_chunk_tokens)
 
     return time_it(forward, cfg.repeats, cfg.warmup, device)
 
@@ -434,6 +443,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda msg: No
     problems = [f"--{name.replace('_', '-')} must be a positive integer (got {getattr(cfg, name)})"
                 for name in ("sequences", "prompt_len", "completion_len", "micro_batch_size", "repeats")
                 if getattr(cfg, name) < 1]
+    if cfg.logprob_chunk_tokens < 0:
+        problems.append(f"--logprob-chunk-tokens must be 0 or more (got {cfg.logprob_chunk_tokens})")
     bad = [s for s in cfg.setups if s not in SETUPS]
     if bad or not cfg.setups:
         problems.append(f"--setups: unknown or none {bad}; choose from {', '.join(SETUPS)}")

@@ -114,6 +114,7 @@ class TrainSettings(_Group):
     reward_wrong: float = Field(-1.0, description="Reward of a wrong completion (the reference uses -1; 0 is common).")
     kl_coef: float = Field(0.0, ge=0, description="Coefficient of the per-token k3 KL to the base policy.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward/backward pass (gradient accumulation beyond).")
+    logprob_chunk_tokens: int = Field(1024, ge=0, description="Tokens per chunk of the log-softmax over the vocabulary (bounds logits memory; 0 = all at once).")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
     save_every: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps (default: a sixth of the run).")
     keep_last: int = Field(5, gt=0, description="Checkpoints kept (older ones are deleted).")
@@ -171,7 +172,7 @@ RUNTIME_KEYS = frozenset({
     "train.grader_workers", "train.grade_timeout", "train.trackers", "train.save_every",
     "train.keep_last", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
-    "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size",
+    "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
     "eval", "data.data_dir",
 })
 

@@ -88,3 +88,79 @@ def test_left_packed_logprobs_equal_unpadded_forward():
             torch.testing.assert_close(got[row, width - len(c):], direct, rtol=1e-5, atol=1e-5)
             assert packed.completion_mask[row].sum().item() == len(c)
             assert packed.targets[row, width - len(c):].tolist() == c
+
+
+@pytest.mark.parametrize("temperature,chunk", [(1.0, 3), (0.7, 4), (1.3, 64)])
+def test_chunked_logprobs_equal_the_direct_computation_with_gradients(temperature, chunk):
+    from steer_cli.train.objective import chunked_token_logprobs, token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5), generator=g)
+    upstream = torch.randn(2, 5, generator=g, dtype=torch.float64)
+
+    direct = token_logprobs(hidden @ weight.T, targets, temperature)
+    (direct * upstream).sum().backward()
+    expected = (hidden.grad.clone(), weight.grad.clone())
+    hidden.grad, weight.grad = None, None
+    chunked = chunked_token_logprobs(hidden, weight, targets, temperature, chunk)
+    (chunked * upstream).sum().backward()
+
+    torch.testing.assert_close(chunked, direct.float())
+    torch.testing.assert_close(hidden.grad, expected[0])
+    torch.testing.assert_close(weight.grad, expected[1])
+
+
+
+@pytest.mark.parametrize("model_type,overrides", [("llama", {}), ("qwen2", {}), ("gemma", {}), ("gemma2", {}),
+                                                  ("granite", {"logits_scaling": 4.0}), ("gpt_neox", {}),
+                                                  ("gpt2", {})])
+def test_chunked_completion_logprobs_equal_the_models_logits(model_type, overrides):
+    """For every architecture: the body + unembedding split (or the fallback where logits are
+    soft-capped or scaled) gives the model's own log-probs, and the same gradients to the vectors."""
+    from steer_cli.patching.steering import attach_steering
+
+    model = make_model(model_type, **overrides)
+    vocab = model.config.vocab_size
+    packed = pack_left([[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]], pad_id=0)
+    packed.targets.clamp_(max=vocab - 1)
+    handle = attach_steering(model, 0.1 * torch.randn(model.config.num_hidden_layers, model.config.hidden_size))
+    grads = []
+    for chunk in (0, 3):
+        handle.vectors.grad = None
+        logp = completion_logprobs(model, packed, 0.9, chunk_tokens=chunk)
+        (logp * packed.completion_mask).sum().backward()
+        grads.append((logp.detach(), handle.vectors.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
+def test_split_unembedding_only_where_logits_are_a_plain_matmul():
+    from steer_cli.train.batch import split_unembedding
+
+    assert split_unembedding(make_model("llama")) is not None
+    assert split_unembedding(make_model("gpt2")) is not None
+    assert split_unembedding(make_model("gemma2")) is None  # final logit soft-capping
+    assert split_unembedding(make_model("granite")) is not None  # logits_scaling 1.0
+    assert split_unembedding(make_model("granite", logits_scaling=4.0)) is None  # logits divided by it
+
+
+def test_chunked_logprobs_through_a_lora_wrapped_model():
+    from steer_cli.patching.setups import prepare_setup
+
+    model = make_model("qwen2")
+    trainable = prepare_setup(model, "lora", lora_rank=2, lora_alpha=2.0)
+    for p in trainable.params:  # non-zero B so the adapter changes the logits
+        torch.nn.init.normal_(p, std=0.1)
+    packed = pack_left([[5, 6, 7], [8, 9]], [[10, 11, 12], [14, 15]], pad_id=0)
+    results = []
+    for chunk in (0, 2):
+        for p in trainable.params:
+            p.grad = None
+        logp = completion_logprobs(trainable.model, packed, 1.0, chunk_tokens=chunk)
+        (logp * packed.completion_mask).sum().backward()
+        results.append((logp.detach(), [p.grad.clone() for p in trainable.params]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b)

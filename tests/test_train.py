@@ -140,9 +140,9 @@ def test_non_finite_update_is_skipped_and_counted(tiny_lm, tiny_problems, tmp_pa
     original = batch.completion_logprobs
     calls = {"n": 0}
 
-    def poisoned(model, packed, temperature=1.0):
+    def poisoned(model, packed, temperature=1.0, chunk_tokens=0):
         calls["n"] += 1
-        out = original(model, packed, temperature)
+        out = original(model, packed, temperature, chunk_tokens)
         return out * float("nan") if calls["n"] == 1 else out
 
     monkeypatch.setattr(batch, "completion_logprobs", poisoned)
@@ -161,7 +161,7 @@ def test_too_many_non_finite_updates_stop_the_run(tiny_lm, tiny_problems, tmp_pa
     from steer_cli.train import batch
 
     original = batch.completion_logprobs
-    monkeypatch.setattr(batch, "completion_logprobs", lambda m, p, t=1.0: original(m, p, t) * float("nan"))
+    monkeypatch.setattr(batch, "completion_logprobs", lambda m, p, t=1.0, c=0: original(m, p, t, c) * float("nan"))
     out = tmp_path / "diverged"
     result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "5",
                                "--set", "train.max_nonfinite_steps=2"))

@@ -20,6 +20,7 @@ def bench_command(
     prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="Prompt tokens per sequence (default 64)."),
     completion_len: Optional[int] = typer.Option(None, "--completion-len", help="Completion tokens per sequence (default 192)."),
     micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Sequences per forward/backward pass (default 1, as the paper's DeepScaleR presets)."),
+    logprob_chunk_tokens: Optional[int] = typer.Option(None, "--logprob-chunk-tokens", help="Tokens per chunk of the log-softmax over the vocabulary (default: the trainer's, train.logprob_chunk_tokens; 0 = all at once)."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed repeats (the median is reported) after one warm-up (default 5)."),
     memory: Optional[bool] = typer.Option(None, "--memory/--no-memory", help="Measure peak memory (a fresh process per setup on CPU; default on)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON (read by `steer report`)."),
@@ -29,7 +30,8 @@ def bench_command(
     from steer_cli.bench import BenchConfig, check_targets, run_bench, write_json
 
     given = {"model": model, "sequences": sequences, "prompt_len": prompt_len, "completion_len": completion_len,
-             "micro_batch_size": micro_batch_size, "repeats": repeats, "memory": memory,
+             "micro_batch_size": micro_batch_size, "logprob_chunk_tokens": logprob_chunk_tokens,
+             "repeats": repeats, "memory": memory,
              "setups": tuple(parse_str_list(setups) or ()) if setups is not None else None,
              "backends": tuple(parse_str_list(backend) or ()) if backend is not None else None}
     cfg = BenchConfig(**{k: v for k, v in given.items() if v is not None})

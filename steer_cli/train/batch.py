@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from steer_cli.train.objective import token_logprobs
+from steer_cli.train.objective import chunked_token_logprobs, token_logprobs
 
 
 @dataclass
@@ -48,15 +48,36 @@ def pack_left(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[i
     return Packed(input_ids, attention, position_ids, targets, comp_mask)
 
 
-def completion_logprobs(model: Any, packed: Packed, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs of the completion tokens under ``model`` (masked positions are junk)."""
+# Config keys of models whose logits are more than ``lm_head(hidden)`` (soft-capping, scaling):
+# those keep the direct computation.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logits_scaling", "logit_scale", "output_multiplier_scale")
+
+
+def split_unembedding(model: Any) -> tuple[Any, torch.Tensor] | None:
+    """(decoder body, unembedding weight) where logits are exactly ``body(...) @ weight.T``, else None."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    body = getattr(base, "base_model", None)
+    head = base.get_output_embeddings() if callable(getattr(base, "get_output_embeddings", None)) else None
+    if body is None or body is base or type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    if any(getattr(base.config, key, None) not in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS):
+        return None
+    return body, head.weight
+
+
+def completion_logprobs(model: Any, packed: Packed, temperature: float = 1.0, chunk_tokens: int = 0) -> torch.Tensor:
+    """Per-token log-probs of the completion tokens under ``model`` (masked positions are junk).
+
+    ``chunk_tokens > 0`` computes them over the vocabulary that many tokens at a time (see
+    ``objective.chunked_token_logprobs``) where the model's logits are a plain unembedding.
+    """
     keep = packed.targets.shape[1] + 1
-    out = model(
-        input_ids=packed.input_ids,
-        attention_mask=packed.attention_mask,
-        position_ids=packed.position_ids,
-        logits_to_keep=keep,
-        use_cache=False,
-    )
-    logits = out.logits[:, -keep:-1]
+    inputs = dict(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                  position_ids=packed.position_ids, use_cache=False)
+    split = split_unembedding(model) if chunk_tokens > 0 else None
+    if split is not None:
+        body, weight = split
+        hidden = body(**inputs).last_hidden_state[:, -keep:-1]
+        return chunked_token_logprobs(hidden, weight, packed.targets, temperature, chunk_tokens)
+    logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:-1]
     return token_logprobs(logits, packed.targets, temperature)

@@ -67,3 +67,67 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.T
                total_tokens: int | float) -> torch.Tensor:
     """Sum of per-token k3 over completion tokens, divided by the global token count."""
     return (k3_kl(logprobs, ref_logprobs) * mask).sum() / float(total_tokens)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log softmax(h W^T / T)[target] row by row in chunks, never holding all [N, V] logits.
+
+    The forward keeps only the log-normalisers; the backward recomputes each chunk's logits, so
+    memory is O(chunk x V) instead of the ~3 x N x V float32 tensors of the direct computation,
+    for one more unembedding matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk):  # type: ignore[override]
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = (hidden[s:s + chunk] @ weight.T).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        temperature, chunk = ctx.temperature, ctx.chunk
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s:s + chunk]
+            logits = (h @ weight.T).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            g = grad_out[s:s + chunk].float()[:, None]
+            # d logp[target] / d logits = onehot(target) - softmax, then through the division by T
+            grad_logits = torch.exp(logits - lse[s:s + chunk, None]).mul_(-g)
+            grad_logits.scatter_add_(-1, targets[s:s + chunk, None], g)
+            if temperature != 1.0:
+                grad_logits = grad_logits / temperature
+            grad_logits = grad_logits.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[s:s + chunk] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ h).float()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                           temperature: float = 1.0, chunk: int = 1024) -> torch.Tensor:
+    """``token_logprobs(hidden @ weight.T, targets, temperature)`` in row chunks of ``chunk``.
+
+    hidden [..., d], weight [V, d] (an unembedding without bias), targets [...] -> [...] float32.
+    """
+    if chunk < 1:
+        raise ValueError("chunk must be at least 1")
+    shape = targets.shape
+    flat = _ChunkedLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
+                                  float(temperature), int(chunk))
+    return flat.reshape(shape)

@@ -380,6 +380,7 @@ class Trainer:
             self.trainable, seqs, global_tokens=global_tokens, temperature=s.rollout.temperature,
             micro_batch_size=s.train.micro_batch_size, pad_id=pad_id, device=self.acc.device,
             kl_coef=s.train.kl_coef, train_mode=s.model.gradient_checkpointing,
+            logprob_chunk_tokens=s.train.logprob_chunk_tokens,
         )
         self._reduce_grads()
         loss_global, kl_global = self._sum_across([loss_sum, kl_sum])

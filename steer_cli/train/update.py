@@ -20,11 +20,13 @@ def accumulate_policy_gradients(
     device: Any,
     kl_coef: float = 0.0,
     train_mode: bool = False,
+    logprob_chunk_tokens: int = 0,
 ) -> tuple[float, float]:
     """Backward of -sum_i A_i sum_t log pi / global_tokens (+ kl_coef * k3 KL), micro-batch by micro-batch.
 
     Gradients accumulate in the trainable parameters; returns the summed loss and KL values.
-    ``train_mode`` puts the model in train mode for the pass (needed for gradient checkpointing).
+    ``train_mode`` puts the model in train mode for the pass (needed for gradient checkpointing);
+    ``logprob_chunk_tokens`` bounds the logits held at once (``batch.completion_logprobs``).
     """
     from steer_cli.train import batch
     from steer_cli.train.objective import kl_penalty, policy_loss
@@ -38,12 +40,12 @@ def accumulate_policy_gradients(
             chunk = seqs[start:start + micro_batch_size]
             packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(device)
             adv = torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=device)
-            logp = batch.completion_logprobs(model, packed, temperature)
+            logp = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
             mask = packed.completion_mask
             loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
             if kl_coef > 0:
                 with torch.no_grad(), trainable.reference():
-                    ref = batch.completion_logprobs(model, packed, temperature)
+                    ref = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
                 kl = kl_penalty(logp, ref, mask, global_tokens)
                 kl_sum += float(kl.detach())
                 loss = loss + kl_coef * kl
