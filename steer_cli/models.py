@@ -100,10 +100,9 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _auto_from_pretrained(auto: Any, name: str, what: str, revision: str | None, trust_remote_code: bool) -> Any:
-    """``auto.from_pretrained`` on the resolved model path; a load failure is a one-line error."""
+def _auto_from_pretrained(auto: Any, path: str, what: str, revision: str | None, trust_remote_code: bool) -> Any:
+    """``auto.from_pretrained(path)``; a load failure is a one-line error."""
     quiet_transformers()
-    path = resolve_model(name)
     try:
         return auto.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -113,7 +112,7 @@ def _auto_from_pretrained(auto: Any, name: str, what: str, revision: str | None,
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    tok = _auto_from_pretrained(AutoTokenizer, name, "a tokenizer", revision, trust_remote_code)
+    tok = _auto_from_pretrained(AutoTokenizer, resolve_model(name), "a tokenizer", revision, trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -124,10 +123,11 @@ def load_config(name: str, *, revision: str | None = None, trust_remote_code: bo
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    config = _auto_from_pretrained(AutoConfig, name, "model config", revision, trust_remote_code)
+    path = resolve_model(name)
+    config = _auto_from_pretrained(AutoConfig, path, "model config", revision, trust_remote_code)
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not trust_remote_code:
         raise SteerError(
-            f"{resolve_model(name)} is a {type(config).__name__} ({config.model_type}), not a causal language model; "
+            f"{path} is a {type(config).__name__} ({config.model_type}), not a causal language model; "
             "steer needs a decoder-only LM"
         )
     return config
@@ -158,7 +158,7 @@ def load_causal_lm(
         msg = _first_line(err)
         if "Unrecognized configuration class" in msg or "AutoModelForCausalLM" in msg:
             raise SteerError(
-                f"{resolve_model(name)} is a {type(config).__name__} ({config.model_type}), not a causal language model; "
+                f"{path} is a {type(config).__name__} ({config.model_type}), not a causal language model; "
                 "steer needs a decoder-only LM"
             ) from None
         raise SteerError(f"cannot load model from {path}: {msg}") from None

@@ -173,9 +173,10 @@ def parse_train_run(metrics_path: Path, root: Path) -> TrainRun:
         if isinstance(s, dict):
             model = (s.get("model") or {}).get("name")
             dataset = (s.get("data") or {}).get("dataset")
-            setup = (s.get("setup") or {}).get("kind")
+            setup_values = s.get("setup") or {}
+            setup = setup_values.get("kind")
             if setup is not None:
-                lora = ((s.get("setup") or {}).get("lora") or {})
+                lora = setup_values.get("lora")
                 setup = setup_key(str(setup), lora.get("rank") if isinstance(lora, dict) else None)
             seed = (s.get("train") or {}).get("seed")
     try:
