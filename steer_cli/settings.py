@@ -54,7 +54,7 @@ class PromptSettings(_Group):
     system_prompt: Optional[str] = Field(SYSTEM_PROMPT, description="System message for chat templates.")
     format: Optional[str] = Field(None, description="Prompt text with {problem} for the custom template.")
     append_to: bool = Field(False, description="Append 'To' after the generation prompt (reference-code option).")
-    stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion (default: the tokenizer's EOS).")
+    stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion, besides the tokenizer's and the model's EOS.")
 
 
 class SteeringSettings(_Group):
@@ -113,6 +113,7 @@ class TrainSettings(_Group):
     reward_correct: float = Field(1.0, description="Reward of a correct completion.")
     reward_wrong: float = Field(-1.0, description="Reward of a wrong completion (the reference uses -1; 0 is common).")
     kl_coef: float = Field(0.0, ge=0, description="Coefficient of the per-token k3 KL to the base policy.")
+    kl_reference_offload: bool = Field(False, description="Full fine-tuning with KL: keep the frozen reference copy in CPU memory, on the device only for its pass.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward/backward pass (gradient accumulation beyond).")
     logprob_chunk_tokens: int = Field(1024, ge=0, description="Tokens per chunk of the log-softmax over the vocabulary (bounds logits memory; 0 = all at once).")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
@@ -121,6 +122,7 @@ class TrainSettings(_Group):
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite updates in a row.")
     grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
     grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
+    grade_truncated_box: bool = Field(False, description="Grade the last complete \\boxed{} when the last one never closes (cut-off output); the reference counts it wrong.")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Extra loggers through accelerate (tensorboard, wandb).")
 
 
@@ -173,6 +175,7 @@ RUNTIME_KEYS = frozenset({
     "train.keep_last", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
     "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
+    "train.kl_reference_offload",
     "eval", "data.data_dir",
 })
 

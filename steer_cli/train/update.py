@@ -32,21 +32,27 @@ def accumulate_policy_gradients(
     from steer_cli.train.objective import kl_penalty, policy_loss
 
     model = trainable.model
+    chunks = [seqs[start:start + micro_batch_size] for start in range(0, len(seqs), micro_batch_size)]
+    refs: list[torch.Tensor] = []
+    if kl_coef > 0:
+        # All reference log-probs first, in one pass: an offloaded reference copy (full
+        # fine-tuning) then moves to the device once per step, not once per micro-batch.
+        with torch.no_grad(), trainable.reference() as reference:
+            for chunk in chunks:
+                packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(device)
+                refs.append(batch.completion_logprobs(reference, packed, temperature, logprob_chunk_tokens))
     if train_mode:
         model.train()
     loss_sum, kl_sum = 0.0, 0.0
     try:
-        for start in range(0, len(seqs), micro_batch_size):
-            chunk = seqs[start:start + micro_batch_size]
+        for i, chunk in enumerate(chunks):
             packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(device)
             adv = torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=device)
             logp = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
             mask = packed.completion_mask
             loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
             if kl_coef > 0:
-                with torch.no_grad(), trainable.reference():
-                    ref = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
-                kl = kl_penalty(logp, ref, mask, global_tokens)
+                kl = kl_penalty(logp, refs[i], mask, global_tokens)
                 kl_sum += float(kl.detach())
                 loss = loss + kl_coef * kl
             loss.backward()
