@@ -89,7 +89,7 @@ class RolloutSettings(_Group):
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend: hf (transformers generate) or vllm.")
     num_generations: int = Field(16, gt=0, description="Completions sampled per prompt (the RLOO group size).")
     max_new_tokens: int = Field(1024, gt=0, description="Completion budget in tokens.")
-    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap; the budget is min(max_new_tokens, this - prompt).")
+    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap; each prompt's budget is min(max_new_tokens, this - its length).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     top_k: int = Field(-1, ge=-1, description="Top-k sampling (-1 = off).")
@@ -134,8 +134,8 @@ class EvalSettings(_Group):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     seeds: list[int] = Field(default_factory=lambda: [0], description="Evaluation seeds; results are reported as mean ± std.")
     limit: Optional[int] = Field(None, gt=0, description="Evaluate only the first N problems of each benchmark.")
-    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget (default: rollout.max_new_tokens).")
-    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget cap (default: each prompt gets the rest of eval.max_seq_length; rollout.max_new_tokens when that is unset too).")
+    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
 
 
