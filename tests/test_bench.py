@@ -151,6 +151,20 @@ def test_fit_scaling_recovers_per_token_and_per_layer_costs():
     assert fit_scaling(points[:3], real_layers=28) is None  # one depth: no per-layer cost
 
 
+def test_fit_scaling_separates_the_log_prob_chunk_that_stops_growing_at_one_chunk():
+    from steer_cli.bench import fit_scaling
+
+    w0, w, a, b, c, chunk, prompt = 2e9, 4.7e8, 1.8e5, 1.6e5, 1.5e6, 1024, 64
+    points = [{"layers": L, "tokens": prompt + C, "completion_tokens": C,
+               "bytes": w0 + L * w + (prompt + C) * (a + L * b) + min(C, chunk) * c}
+              for L in (1, 2) for C in (512, 1024, 2048)]
+    fit = fit_scaling(points, real_layers=28, chunk=chunk)
+    assert abs(fit["bytes_per_logprob_chunk_token"] - c) / c < 1e-6
+    assert abs(fit["bytes_per_token_per_layer"] - b) / b < 1e-6
+    expected = w0 + 28 * w + 4096 * (a + 28 * b) + chunk * c  # a preset's whole sequence, completion > chunk
+    assert abs(fit["predicted_bytes"]["4096"] - expected) / expected < 1e-6
+
+
 def test_geometry_models_have_the_real_width_and_any_depth():
     from steer_cli.bench import geometry_of, synthetic_config
 

@@ -8,7 +8,8 @@ process's ``torch.cuda.max_memory_allocated`` (weights included, nothing else on
 depths, and fits ``M(L, T) = W0 + L * w + T * (a + L * b)``: weights outside the layers (W0: the
 embedding and head), weights per layer (w), per-token memory outside the layers (a: the chunked
 log-softmax, embeddings), and per-token memory per layer (b: activations kept for backward). From
-that it predicts the real depth at the presets' sequence lengths.
+that it predicts the real depth at the presets' sequence lengths. The chunked log-softmax adds a
+term that grows with the completion up to one chunk (see ``fit_scaling``).
 """
 
 from __future__ import annotations
@@ -93,27 +94,46 @@ def measure_peak_memory(model_path: str, setup: str, cfg: BenchConfig, device: t
     return int(result)
 
 
-def fit_scaling(points: list[dict[str, Any]], real_layers: int | None) -> dict[str, Any] | None:
-    """Least-squares fit of ``M = W0 + L*w + T*(a + L*b)`` over (layers L, tokens T, bytes M) points.
+def fit_scaling(points: list[dict[str, Any]], real_layers: int | None, chunk: int = 0) -> dict[str, Any] | None:
+    """Least-squares fit of ``M = W0 + L*w + T*(a + L*b) + min(C, chunk)*c`` over points (layers L,
+    tokens per pass T, completion tokens per pass C, bytes M).
 
-    Needs two depths and two lengths at least; returns the four coefficients (bytes, bytes/layer,
-    bytes/token, bytes/token/layer) and, with ``real_layers``, predictions at the real depth.
+    The last term is the chunked log-softmax: its [chunk x vocabulary] logits grow with the
+    completion only up to one chunk, then stay. It is fitted only where the points tell it apart
+    from the per-token term (some completions shorter and some longer than a chunk). Needs two
+    depths and two lengths; returns the coefficients and, with ``real_layers``, predictions at the
+    real depth for the measured lengths and the presets' (where completions exceed a chunk).
     """
     depths = {p["layers"] for p in points}
     lengths = {p["tokens"] for p in points}
     if len(depths) < 2 or len(lengths) < 2:
         return None
-    x = torch.tensor([[1.0, p["layers"], p["tokens"], p["layers"] * p["tokens"]] for p in points], dtype=torch.float64)
+    comp = [p.get("completion_tokens", p.get("completion_len", p["tokens"])) for p in points]
+    capped = [min(c, chunk) for c in comp] if chunk else []
+    with_chunk = bool(chunk) and len(set(capped)) > 1 and any(c > chunk for c in comp) and len(lengths) > 2
+
+    def row(layers: int, tokens: int, completion: int) -> list[float]:
+        r = [1.0, layers, tokens, layers * tokens]
+        return r + [min(completion, chunk)] if with_chunk else r
+
+    x = torch.tensor([row(p["layers"], p["tokens"], c) for p, c in zip(points, comp)], dtype=torch.float64)
     y = torch.tensor([float(p["bytes"]) for p in points], dtype=torch.float64)
-    coef = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1).tolist()
-    w0, w_layer, a, b = coef
-    residual = (x @ torch.tensor(coef, dtype=torch.float64) - y).abs().max().item()
-    fit: dict[str, Any] = {"bytes_fixed": w0, "bytes_per_layer": w_layer, "bytes_per_token": a,
-                           "bytes_per_token_per_layer": b, "max_abs_residual_bytes": residual}
+    coef = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
+    residual = (x @ coef - y).abs().max().item()
+    coef_l = coef.tolist()
+    fit: dict[str, Any] = {"bytes_fixed": coef_l[0], "bytes_per_layer": coef_l[1], "bytes_per_token": coef_l[2],
+                           "bytes_per_token_per_layer": coef_l[3],
+                           "bytes_per_logprob_chunk_token": coef_l[4] if with_chunk else None,
+                           "logprob_chunk_tokens": chunk, "max_abs_residual_bytes": residual}
     if real_layers:
         fit["real_layers"] = real_layers
-        fit["predicted_bytes"] = {str(t): w0 + real_layers * w_layer + t * (a + real_layers * b)
-                                  for t in sorted(lengths | set(PRESET_SEQUENCE_LENGTHS))}
+        prompt = {p["tokens"]: p["tokens"] - c for p, c in zip(points, comp)}
+        # Measured lengths keep their own prompt share; the presets' lengths are whole sequences
+        # whose completions are longer than a chunk.
+        targets = {t: t - prompt[t] for t in lengths}
+        targets.update({t: t for t in PRESET_SEQUENCE_LENGTHS if t not in targets})
+        fit["predicted_bytes"] = {str(t): float(torch.tensor(row(real_layers, t, c), dtype=torch.float64) @ coef)
+                                  for t, c in sorted(targets.items())}
     return fit
 
 
@@ -134,7 +154,8 @@ def memory_scaling(cfg: BenchConfig, materialize: Callable[[int | None], str], d
                 peak = measure_peak_memory(path, setup, replace(cfg, completion_len=length), device)
                 # Tokens in one forward/backward pass: what activations scale with.
                 points[setup].append({"layers": layers, "completion_len": length, "bytes": peak,
-                                      "tokens": cfg.micro_batch_size * (cfg.prompt_len + length)})
+                                      "tokens": cfg.micro_batch_size * (cfg.prompt_len + length),
+                                      "completion_tokens": cfg.micro_batch_size * length})
     return {"points": points,
-            "fit": {s: fit_scaling(p, real_depth(cfg.model)) for s, p in points.items()},
+            "fit": {s: fit_scaling(p, real_depth(cfg.model), cfg.logprob_chunk_tokens) for s, p in points.items()},
             "micro_batch_size": cfg.micro_batch_size, "logprob_chunk_tokens": cfg.logprob_chunk_tokens}
