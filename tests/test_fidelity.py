@@ -1,7 +1,7 @@
 """Where steer follows the paper's code to the letter (issue 17), on CPU with tiny models: prompt
 text, the stop set, per-prompt completion budgets in train and eval, the KL reference of every
 setup, and PiSSA adapters saved in the form that applies to the original weights.
-(The vLLM halves are in test_vllm_backend.py.)"""
+(The vLLM halves are in test_vllm_backend.py and test_vllm_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import make_model, sample_ids, save_tiny_lm
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
@@ -21,7 +22,6 @@ from steer_cli.patching.setups import prepare_setup
 from steer_cli.rollout import base
 from steer_cli.rollout.base import SamplingSpec
 from steer_cli.settings import Layer, build_settings
-from tiny_models import make_model, sample_ids, save_tiny_lm
 
 _register()
 runner = CliRunner()
