@@ -53,6 +53,11 @@ def test_two_sharded_processes_equal_one_unsharded_and_resume_is_exact(tmp_path)
     assert any(m["grad_norm"] > 0 for m in m1)  # something was learned
     for a, b in zip(m1, m2):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * max(1.0, abs(a["loss"]))
+    # Each of two processes holds half of the parameters, gradients and AdamW state (shards are
+    # padded to equal sizes, hence the slack).
+    whole, shard = m1[-1]["state_bytes_per_process"], m2[-1]["state_bytes_per_process"]
+    assert whole["total"] == 4 * whole["parameters"]  # float32 weights + gradients + 2 Adam moments
+    assert 0.5 * whole["total"] <= shard["total"] <= 0.51 * whole["total"]
     w1, w2 = _weights(one), _weights(two)
     assert set(w1) == set(w2)  # gathered: the unsharded layout, a tied head stored once
     for k in w1:

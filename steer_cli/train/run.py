@@ -368,6 +368,8 @@ class Trainer:
 
         s = self.s
         t_start = time.perf_counter()
+        if self.acc.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.acc.device)
         per_rank = s.train.prompts_per_step // self.world
         global_idx = self.order.indices(step, s.train.prompts_per_step)
         local_idx = global_idx[self.rank * per_rank:(self.rank + 1) * per_rank]
@@ -500,6 +502,11 @@ class Trainer:
         }
         if shared["kl"] is not None:
             m["kl"] = shared["kl"]
+        if getattr(self, "_state_bytes", None) is None and self.optimizer.state:  # fixed once state exists
+            self._state_bytes = training_state_bytes(self.trainable.params, self.optimizer)
+        m["state_bytes_per_process"] = getattr(self, "_state_bytes", None)
+        if self.acc.device.type == "cuda":
+            m["gpu_memory_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.acc.device))
         if self.trainable.steering is not None:
             norms = self.trainable.steering.vectors.detach().norm(dim=-1)
             m["vector_norms"] = [round(float(x), 6) for x in norms]
@@ -612,6 +619,23 @@ class Trainer:
         return (f"{self.s.model.name} · {self.s.setup.kind} ({t.num_trainable:,} trainable) · "
                 f"{len(self.examples)} problems{dropped} · {self.total_steps} steps x {self.s.train.prompts_per_step} "
                 f"prompts x {self.s.rollout.num_generations} samples · {self.world} process(es) · {self.out_dir}")
+
+
+def training_state_bytes(params: list[Any], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this process holds of the trained parameters, their gradients (as float32 or the
+    parameter's dtype) and the optimizer state: under FSDP one shard of each."""
+    def local(t: Any) -> Any:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def nbytes(t: Any) -> int:
+        t = local(t)
+        return t.numel() * t.element_size()
+
+    out = {"parameters": sum(nbytes(p) for p in params), "gradients": sum(nbytes(p) for p in params),
+           "optimizer": sum(nbytes(v) for st in optimizer.state.values() for k, v in st.items()
+                            if torch.is_tensor(v) and k != "step")}
+    out["total"] = out["parameters"] + out["gradients"] + out["optimizer"]
+    return out
 
 
 def _whole(t: Any) -> Any:
