@@ -43,6 +43,9 @@ class Trainable:
     # holding them as an adapter, which peft's conversion to a plain LoRA reads
     pissa_init: Optional[dict[str, torch.Tensor]] = None
     _pissa_dir: Any = None
+    # Float32 master weights computed in this dtype (setup full in bfloat16): forward passes run
+    # under torch.autocast, as DeepSpeed's bf16 mode keeps float32 copies for the optimizer.
+    autocast_dtype: Optional[torch.dtype] = None
 
     @property
     def pissa(self) -> bool:
@@ -80,6 +83,26 @@ class Trainable:
             return {"vectors": self.steering.vectors}
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
+    def autocast(self) -> Any:
+        """Context for every forward pass of the policy (update and generation)."""
+        import contextlib
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def generation(self) -> Any:
+        """Context for generating with the policy: autocast, and a sharded model gathered whole."""
+        import contextlib
+
+        from steer_cli.train.fsdp import gathered
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.autocast())
+        stack.enter_context(gathered(self.model))
+        return stack
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
         """The policy the run started from, as a model to call (for the KL term): steering with its
@@ -115,18 +138,23 @@ class Trainable:
                 self.reference_model.to("cpu")
 
 
-def frozen_reference_copy(model: nn.Module, *, offload: bool = False) -> nn.Module:
+def frozen_reference_copy(model: nn.Module, *, offload: bool = False,
+                          dtype: Optional[torch.dtype] = None) -> nn.Module:
     """A frozen copy of ``model`` as it is now (eval mode, no gradients): the KL reference of full
     fine-tuning. With ``offload`` its weights are copied straight into CPU memory (no second copy on
-    the device at any time). The one place the copy is made, so a sharded (FSDP) copy can be made here.
+    the device at any time); ``dtype`` stores its floating-point weights in that dtype (the compute
+    dtype of a model kept in float32 master weights). The one place the copy is made: under FSDP
+    it is not sharded yet (each process holds a whole copy); a sharded copy belongs here.
     """
     memo: dict[int, Any] = {}
-    if offload:
+    if offload or dtype is not None:
         # deepcopy takes these for the originals: tied weights stay tied (one Parameter object).
         for p in model.parameters():
-            memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=False)
+            to = dtype if dtype is not None and p.is_floating_point() else p.dtype
+            memo[id(p)] = nn.Parameter(p.detach().to("cpu" if offload else p.device, to, copy=True),
+                                       requires_grad=False)
         for b in model.buffers():
-            memo[id(b)] = b.detach().to("cpu", copy=True)
+            memo[id(b)] = b.detach().to("cpu" if offload else b.device, copy=True)
     ref = copy.deepcopy(model, memo)
     ref.requires_grad_(False)
     return ref.eval()
@@ -194,9 +222,11 @@ def prepare_setup(
     adapter_dir: Optional[str | Path] = None,
     kl_reference: bool = False,
     reference_offload: bool = False,
+    reference_dtype: Optional[torch.dtype] = None,
 ) -> Trainable:
     """``kl_reference``: the run has a KL term, so ``full`` keeps a frozen copy of the model
-    (``reference_offload``: in CPU memory); the other setups need none."""
+    (``reference_offload``: in CPU memory; ``reference_dtype``: its weights' dtype, default the
+    model's); the other setups need none."""
     if kind not in SETUPS:
         raise SteerError(f"unknown setup {kind!r}; choose one of {', '.join(SETUPS)}")
     if kind == "steering":
@@ -225,7 +255,8 @@ def prepare_setup(
         if lora_init == "pissa" and adapter_dir is None:
             keep_pissa_init(trainable)
         return trainable
-    reference = frozen_reference_copy(model, offload=reference_offload) if kl_reference else None
+    reference = (frozen_reference_copy(model, offload=reference_offload, dtype=reference_dtype)
+                 if kl_reference else None)
     model.requires_grad_(True)
     return Trainable(kind, model, [p for p in model.parameters() if p.requires_grad],
                      reference_model=reference, reference_offload=reference_offload and kl_reference)
