@@ -274,6 +274,9 @@ def test_offloaded_reference_copy_is_frozen_on_cpu_and_keeps_tied_weights():
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)
     torch.testing.assert_close(logits(ref, ids), before)
+    low = setups.frozen_reference_copy(model, dtype=torch.bfloat16)  # a float32-master policy's copy
+    assert {p.dtype for p in low.parameters()} == {torch.bfloat16}
+    assert {b.dtype for b in low.buffers()} == {b.dtype for b in model.buffers()}
     trainable = prepare_setup(make_model("qwen2"), "full", kl_reference=True, reference_offload=True)
     with trainable.reference() as reference:
         assert reference is trainable.reference_model
