@@ -139,6 +139,7 @@ class EvalSettings(_Group):
     max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget cap (default: each prompt gets the rest of eval.max_seq_length; rollout.max_new_tokens when that is unset too).")
     max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
+    shard_samples: int = Field(32, gt=0, description="Samples per unit of work (whole problems: one AIME problem with 32 samples, or 32 single-sample problems); units are dealt to processes and kept when a run is cut short.")
 
 
 class OutputSettings(_Group):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -55,18 +55,19 @@ def eval_command(
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     print_settings: bool = typer.Option(False, "--print-settings", help="Print the resolved settings as YAML and exit."),
 ) -> None:
-    """Evaluate on the paper's benchmarks (avg@32 / pass@1; greedy base vs sampled trained; seeds)."""
+    """Evaluate on the paper's benchmarks (avg@32 / pass@1; greedy base vs sampled trained; seeds).
+
+    Runs unchanged under torchrun / accelerate launch: the work is split across the processes."""
     summaries = run_command(
         _eval, run=run, model=model, vectors=vectors, adapter=adapter, print_settings=print_settings,
         fields=fields, base=base, preset=preset, config=config, sets=sets,
+        raw={"benchmarks": benchmarks, "seeds": seeds},
         flags={
             "model.name": model, "eval.data_dir": data_dir, "eval.samples": samples,
             "eval.temperature": temperature, "eval.limit": limit, "eval.max_new_tokens": max_new_tokens,
             "rollout.backend": backend, "output.output_dir": output_dir,
             "output.overwrite": overwrite or None,
             "model.trust_remote_code": trust_remote_code or None,
-            "eval.benchmarks": run_command(parse_str_list, benchmarks),
-            "eval.seeds": run_command(parse_int_list, seeds, "--seeds"),
         },
     )
     if summaries:
@@ -83,9 +84,33 @@ def info(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(message)
 
 
-def _eval(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
-          print_settings: bool, fields: Optional[str], base: Optional[bool], preset: Optional[str],
-          config: Optional[Path], sets: Optional[list[str]], flags: dict[str, Any]) -> Optional[list[dict]]:
+def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[str, Any],
+          **kwargs: Any) -> Optional[list[dict]]:
+    from steer_cli import evaluate as ev
+
+    coord = ev.Coordinator.connect()
+    say = info if coord.main else (lambda message: None)
+
+    def resolve() -> tuple[Any, Any, Any]:
+        full = dict(flags, **{"eval.benchmarks": parse_str_list(raw["benchmarks"]),
+                              "eval.seeds": parse_int_list(raw["seeds"], "--seeds")})
+        return _resolve(flags=full, say=say, **kwargs)
+
+    try:
+        settings, targets, field_map = coord.agree("settings", resolve)
+        if print_settings:
+            if coord.main:
+                print(settings.to_yaml(), end="")
+            return None
+        return ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
+    except ev.ReportedByMain:
+        raise typer.Exit(2) from None  # the main process prints the error
+
+
+def _resolve(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
+             fields: Optional[str], base: Optional[bool], preset: Optional[str], config: Optional[Path],
+             sets: Optional[list[str]], flags: dict[str, Any], say: Callable[[str], None]) -> tuple[Any, Any, Any]:
+    """Settings, targets and field map from the command line (reads only)."""
     from steer_cli import evaluate as ev
     from steer_cli.data.records import FieldMap
 
@@ -97,22 +122,19 @@ def _eval(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path],
                    or any(s.strip().startswith("model.name=") for s in sets or []))
     if run is not None:
         run_dir, checkpoint = ev.resolve_run(run)
-        info(f"evaluating training run {run_dir} ({checkpoint.name})")
+        say(f"evaluating training run {run_dir} ({checkpoint.name})")
     elif not names_model:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
         run_dir, checkpoint = ev.resolve_run(latest_run(runs_dir, kind="train"))
-        info(f"evaluating the most recent training run: {run_dir} ({checkpoint.name})")
+        say(f"evaluating the most recent training run: {run_dir} ({checkpoint.name})")
     if run_dir is not None:
         settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
                                      base=ev.run_settings_layer(run_dir), infer_preset=False)
     else:
         if model is None and (vectors is not None or adapter is not None):
             flags = dict(flags, **{"model.name": ev.base_model_of(vectors=vectors, adapter=adapter)})
-            info(f"base model from {vectors or adapter}: {flags['model.name']}")
+            say(f"base model from {vectors or adapter}: {flags['model.name']}")
         settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags)
-    if print_settings:
-        print(settings.to_yaml(), end="")
-        return None
     targets = ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint, vectors=vectors, adapter=adapter,
                               with_base=base)
-    return ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive())
+    return settings, targets, field_map

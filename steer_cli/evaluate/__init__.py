@@ -11,12 +11,18 @@ Output directory of one evaluated thing ("target"):
 
     settings.yaml              the resolved settings
     target.json                what is evaluated and the protocol (compared on re-runs)
-    seed-<s>/<benchmark>.jsonl one line per problem: id, problem, answer, prompt_length,
+    seed-<s>/<benchmark>.jsonl one line per problem: index, id, problem, answer, prompt_length,
                                max_new_tokens, samples [{text, correct, length, stopped, has_answer}]
-    summary.json               metrics per benchmark and seed, mean ± std, the Average (written last)
+    seed-<s>/.shards/          finished units of work not merged yet (gone when the run completes)
+    summary.json               metrics per benchmark and seed, mean ± std, the Average, and how many
+                               processes ran for how long (written last)
 
-Each ``.jsonl`` is written whole (temporary file, then rename), so a finished (benchmark, seed) is
-never torn; a re-run with the same protocol skips those and rebuilds ``summary.json``.
+Every sample has its own seed (eval seed, benchmark, problem, sample index), so results do not
+depend on the number of processes, the batch size or the order of generation. Work is cut into
+shards dealt to the processes of a ``torchrun`` / ``accelerate launch`` (``parallel``,
+``shards``); each is written whole when done (temporary file, then rename), so a re-run with the
+same protocol skips finished (benchmark, seed) files and finished shards, and rebuilds
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from steer_cli.evaluate.benchmarks import (
     load_eval_benchmark,
     resolve_eval_benchmarks,
 )
-from steer_cli.evaluate.generation import generate_benchmark
+from steer_cli.evaluate.generation import BenchInputs, run_shards
 from steer_cli.evaluate.models import EvalModels, LoadedVectors, load_target_vectors, model_dims, vllm_factory
 from steer_cli.evaluate.outputs import (
     FORMAT_VERSION,
@@ -39,8 +45,10 @@ from steer_cli.evaluate.outputs import (
     results_path,
     write_results,
 )
+from steer_cli.evaluate.parallel import Coordinator, Launch, ReportedByMain, launch_from_env
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
 from steer_cli.evaluate.run import evaluate
+from steer_cli.evaluate.shards import Shard, merge_shards, plan_shards, problem_keys, sample_seed
 from steer_cli.evaluate.summary import build_summary, describe_protocol, results_table
 from steer_cli.evaluate.targets import (
     Target,
@@ -54,7 +62,8 @@ from steer_cli.evaluate.targets import (
 
 __all__ = [
     "DEMO_BENCHMARK", "BenchmarkData", "load_benchmarks", "load_eval_benchmark", "resolve_eval_benchmarks",
-    "generate_benchmark", "EvalModels", "LoadedVectors", "load_target_vectors", "model_dims", "vllm_factory",
+    "BenchInputs", "run_shards", "Coordinator", "Launch", "ReportedByMain", "launch_from_env", "Shard",
+    "merge_shards", "plan_shards", "problem_keys", "sample_seed", "EvalModels", "LoadedVectors", "load_target_vectors", "model_dims", "vllm_factory",
     "FORMAT_VERSION", "SUMMARY_KIND", "TARGET_KIND", "check_output_dir", "read_results", "results_path",
     "write_results", "Protocol", "identity", "resolve_protocol", "evaluate", "build_summary", "describe_protocol",
     "results_table", "Target", "base_model_of", "checkpoint_artifact", "is_training_run", "plan_targets",

@@ -1,40 +1,75 @@
-"""Sampling and grading one benchmark for one target and seed."""
+"""Sampling and grading this process's shards of one target, each shard written as it finishes."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from steer_cli.data.records import Problem
+from steer_cli.evaluate.outputs import write_results
+from steer_cli.evaluate.shards import Shard, problem_keys, sample_seed
 
 
-def generate_benchmark(
-    backend: Any, grader: Any, prompts: Sequence[Sequence[int]], problems: Sequence[Problem],
-    sampling: Any, *, max_new_tokens: Optional[int], max_seq_length: Optional[int], chunk: int,
-    advance: Callable[[int], None] = lambda n: None,
-) -> list[dict[str, Any]]:
-    """Sample, grade and return one results line per problem. Prompts go in chunks seeded by their
-    index (the backend's ``first_index``), so results do not depend on the chunk size; each prompt's
-    budget is its own (``completion_budgets``: max_seq_length minus its length, capped by
-    max_new_tokens when set), whatever else shares its chunk."""
-    from steer_cli.rollout.base import completion_budgets
+@dataclass
+class BenchInputs:
+    """What generation needs of one benchmark: problems, prompts, budgets and seed keys."""
 
-    lines: list[dict[str, Any]] = []
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start:start + chunk]
-        budgets = completion_budgets([len(p) for p in part], max_new_tokens, max_seq_length)
-        groups = backend.generate(part, replace(sampling, max_new_tokens=max(budgets), budgets=budgets),
-                                  first_index=start)
-        items = [(c.text, problems[start + i].answer) for i, g in enumerate(groups) for c in g]
-        grades = iter(grader.grade(items))
-        for i, group in enumerate(groups):
-            p = problems[start + i]
-            samples = []
-            for c in group:
-                g = next(grades)
-                samples.append({"text": c.text, "correct": bool(g.correct), "length": len(c.token_ids),
-                                "stopped": bool(c.stopped), "has_answer": bool(g.has_answer)})
-            lines.append({"index": start + i, "id": p.id, "problem": p.problem, "answer": p.answer,
-                          "prompt_length": len(part[i]), "max_new_tokens": budgets[i], "samples": samples})
-        advance(len(part))
+    problems: list[Problem]
+    prompts: list[tuple[int, ...]]
+    budgets: list[int]  # per prompt (``completion_budgets``): max_seq_length minus its length, capped
+    keys: list[str]
+
+    @classmethod
+    def build(cls, problems: Sequence[Problem], prompts: Sequence[Sequence[int]], *,
+              max_new_tokens: Optional[int], max_seq_length: Optional[int]) -> "BenchInputs":
+        from steer_cli.rollout.base import completion_budgets
+
+        budgets = completion_budgets([len(p) for p in prompts], max_new_tokens, max_seq_length)
+        return cls(list(problems), [tuple(int(t) for t in p) for p in prompts], list(budgets), problem_keys(problems))
+
+
+def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[str, BenchInputs], sampling: Any,
+               out: Path, *, written: Callable[[Shard], None] = lambda shard: None) -> None:
+    """Generate every sample of ``shards`` (one request each, seeded by ``sample_seed``; greedy:
+    one unseeded request per problem), grade a shard once its samples are in, write it, call
+    ``written``. The backend sees all requests at once (vLLM schedules them; hf batches them)."""
+    from steer_cli.rollout.base import SampleRequest
+
+    requests: list[SampleRequest] = []
+    where: list[tuple[int, int, int]] = []  # (shard, problem, sample) of each request
+    group = 0
+    for si, shard in enumerate(shards):
+        b = inputs[shard.bench]
+        for p in shard.problems:
+            for k in range(shard.samples):
+                seed = None if sampling.greedy else sample_seed(shard.seed, shard.bench, b.keys[p], k)
+                requests.append(SampleRequest(b.prompts[p], seed, b.budgets[p], group=group))
+                where.append((si, p, k))
+            group += 1
+    got: list[dict[tuple[int, int], Any]] = [{} for _ in shards]
+    for i, completion in backend.stream_samples(requests, sampling):
+        si, p, k = where[i]
+        got[si][(p, k)] = completion
+        shard = shards[si]
+        if len(got[si]) == shard.size:
+            write_results(shard.path(out), shard_lines(grader, shard, inputs[shard.bench], got[si]))
+            got[si] = {}
+            written(shard)
+
+
+def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any]) -> list[dict]:
+    """The results lines of a shard's problems (the format of ``seed-<s>/<bench>.jsonl``)."""
+    items = [(completions[(p, k)].text, b.problems[p].answer) for p in shard.problems for k in range(shard.samples)]
+    grades = iter(grader.grade(items))
+    lines = []
+    for p in shard.problems:
+        problem = b.problems[p]
+        samples = []
+        for k in range(shard.samples):
+            c, g = completions[(p, k)], next(grades)
+            samples.append({"text": c.text, "correct": bool(g.correct), "length": len(c.token_ids),
+                            "stopped": bool(c.stopped), "has_answer": bool(g.has_answer)})
+        lines.append({"index": p, "id": problem.id, "problem": problem.problem, "answer": problem.answer,
+                      "prompt_length": len(b.prompts[p]), "max_new_tokens": b.budgets[p], "samples": samples})
     return lines

@@ -70,7 +70,8 @@ def _sha256_file(path: Path) -> str:
 
 def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optional["LoadedVectors"],
              fields: Optional[FieldMap]) -> dict[str, Any]:
-    """Everything that changes a target's samples; a re-run into the same directory must match it."""
+    """Everything that changes a target's samples; a re-run into the same directory must match it.
+    Not the number of processes, the shard size or the batch size: samples do not depend on them."""
     p = settings.prompt
     ident: dict[str, Any] = {
         "model": settings.model.name, "revision": settings.model.revision, "dtype": settings.model.dtype,
@@ -89,6 +90,9 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         "limit": settings.eval.limit, "max_new_tokens": proto.max_new_tokens,
         "max_seq_length": proto.max_seq_length,
         "fields": fields.describe() if fields else None,
+        # Sampled samples are drawn from per-sample seeds (evaluate.shards.sample_seed), not per batch:
+        # results of older versions do not continue into a directory of these.
+        "sampling": None if proto.greedy else "per-sample seeds",
     }
     return ident
 

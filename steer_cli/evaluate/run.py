@@ -1,17 +1,27 @@
-"""``evaluate()``: plan every target (checks, finished work) before writing anything, then sample,
-grade and write per (target, benchmark, seed), and the summaries."""
+"""``evaluate()``: check everything on every process and plan the work before writing anything, then
+generate this process's shards, and (main process) merge them and write the summaries.
+
+Phases, each agreed by all processes (``Coordinator.agree``: a SteerError anywhere stops all):
+check (settings, benchmarks, vectors, output directories) -> plan (main: finished work, the shards
+left) -> inputs (tokenizer, prompts, backend) -> init (main writes settings.yaml and target.json)
+-> visible (the others see them). Then every process runs its shards; the main process merges
+each (benchmark, seed) as soon as all its shards are written, and writes a target's summary.json
+once its last one is merged. A process whose work is done exits.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from steer_cli import eval_metrics as M
 from steer_cli.data.records import FieldMap
+from steer_cli.errors import SteerError
 from steer_cli.evaluate.benchmarks import BenchmarkData, load_benchmarks
-from steer_cli.evaluate.generation import generate_benchmark
+from steer_cli.evaluate.generation import BenchInputs, run_shards
 from steer_cli.evaluate.models import EvalModels, LoadedVectors, load_target_vectors, model_dims, vllm_factory
 from steer_cli.evaluate.outputs import (
     FORMAT_VERSION,
@@ -21,10 +31,11 @@ from steer_cli.evaluate.outputs import (
     init_output_dir,
     read_results,
     results_path,
-    write_results,
 )
+from steer_cli.evaluate.parallel import Coordinator, bind_devices
 from steer_cli.evaluate.progress import Reporter
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
+from steer_cli.evaluate.shards import Shard, deal, finished_lines, merge_shards, plan_shards, remove_shards
 from steer_cli.evaluate.summary import build_summary
 from steer_cli.evaluate.targets import Target
 from steer_cli.io import atomic_write_json
@@ -38,13 +49,17 @@ class _Plan:
     vectors: Optional[LoadedVectors]
     ident: dict[str, Any]
     mode: str  # new | continue | overwrite
+    # Main process only: finished (benchmark, seed)s and how many problems of the others are.
     done: dict[tuple[str, int], list[list[bool]]] = field(default_factory=dict)
-    todo: list[tuple[BenchmarkData, int]] = field(default_factory=list)
+    kept: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def _plan(settings: Settings, targets: Sequence[Target], benches: Sequence[BenchmarkData],
-          fields: Optional[FieldMap]) -> list[_Plan]:
-    """Check every target (vectors shapes, output directories) and find finished work; writes nothing."""
+def _check(settings: Settings, targets: Sequence[Target], fields: Optional[FieldMap],
+           coord: Coordinator) -> tuple[list[BenchmarkData], list[_Plan]]:
+    """Every target's vectors, protocol and output directory; reads, never writes."""
+    vllm = settings.rollout.backend == "vllm"
+    bind_devices(coord.launch, settings.rollout.vllm.tensor_parallel_size if vllm else 1)
+    benches = load_benchmarks(settings, fields)
     dims: Optional[tuple[int, int]] = None
     plans = []
     for t in targets:
@@ -54,18 +69,155 @@ def _plan(settings: Settings, targets: Sequence[Target], benches: Sequence[Bench
             vectors = load_target_vectors(t.vectors, settings, dims)
         proto = resolve_protocol(settings, t)
         ident = identity(settings, t, proto, vectors, fields)
-        plan = _Plan(t, proto, vectors, ident, check_output_dir(t.output_dir, ident, settings.output.overwrite))
+        plans.append(_Plan(t, proto, vectors, ident, check_output_dir(t.output_dir, ident, settings.output.overwrite)))
+    return benches, plans
+
+
+def _find_work(settings: Settings, plans: Sequence[_Plan], benches: Sequence[BenchmarkData]) -> list[list[Any]]:
+    """(Main process.) Finished results and shards kept from an earlier run; the shards left, as JSON."""
+    shards: list[Shard] = []
+    for ti, plan in enumerate(plans):
+        out = plan.target.output_dir
         for b in benches:
-            for seed in proto.seeds:
-                found = None
+            n = plan.proto.samples(b)
+            for seed in plan.proto.seeds:
+                found = kept = None
                 if plan.mode == "continue":
-                    found = read_results(results_path(t.output_dir, b.name, seed), b.problems, proto.samples(b))
+                    found = read_results(results_path(out, b.name, seed), b.problems, n)
+                    kept = None if found is not None else finished_lines(out, b.name, seed, b.problems, n)
                 if found is not None:
                     plan.done[(b.name, seed)] = found
-                else:
-                    plan.todo.append((b, seed))
-        plans.append(plan)
-    return plans
+                    continue
+                plan.kept[(b.name, seed)] = len(kept or {})
+                todo = [i for i in range(len(b.problems)) if i not in (kept or {})]
+                shards += plan_shards(ti, b.name, seed, todo, n, settings.eval.shard_samples)
+    return [s.to_json() for s in shards]
+
+
+@dataclass
+class _Inputs:
+    models: EvalModels
+    stop_ids: tuple[int, ...]
+    prompts: dict[str, list[list[int]]]
+    per_budget: dict[tuple[Optional[int], Optional[int]], dict[str, BenchInputs]] = field(default_factory=dict)
+
+    def bench_inputs(self, proto: Protocol, benches: Sequence[BenchmarkData]) -> dict[str, BenchInputs]:
+        key = (proto.max_new_tokens, proto.max_seq_length)
+        if key not in self.per_budget:
+            self.per_budget[key] = {b.name: BenchInputs.build(b.problems, self.prompts[b.name], max_new_tokens=key[0],
+                                                              max_seq_length=key[1]) for b in benches}
+        return self.per_budget[key]
+
+
+def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Sequence[_Plan]) -> _Inputs:
+    """Tokenizer, stop set and prompts; for vLLM, that the engine can run each target (reads only)."""
+    from steer_cli.data.prompts import completion_stop_ids, render_prompt
+    from steer_cli.models import load_tokenizer, resolve_model
+
+    if settings.rollout.backend == "vllm":
+        vllm_factory()
+        from steer_cli.rollout.factory import engine_dtype
+        from steer_cli.rollout.vllm import check_supported, model_architecture
+
+        engine_dtype(settings.model.dtype)
+        for plan in plans:
+            t = plan.target
+            path = str(t.weights) if t.weights else resolve_model(settings.model.name)
+            check_supported(model_architecture(path), plan.vectors.place if plan.vectors else "layer_output")
+    m, p = settings.model, settings.prompt
+    tokenizer = load_tokenizer(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    stop_ids = completion_stop_ids(tokenizer, p.stop, m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    prompts = {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
+                                      fmt=p.format, append_to=p.append_to) for x in b.problems]
+               for b in benches}
+    return _Inputs(EvalModels(settings, tokenizer), tuple(stop_ids), prompts)
+
+
+def _init(settings: Settings, plans: Sequence[_Plan], benches: Sequence[BenchmarkData], reporter: Reporter) -> None:
+    """(Main process.) settings.yaml and target.json of every target; stale shards of finished work go."""
+    for plan in plans:
+        t = plan.target
+        init_output_dir(t.output_dir, plan.mode, settings, {
+            "kind": TARGET_KIND, "format_version": FORMAT_VERSION, "label": t.label,
+            "setup": t.setup, "model": t.model,
+            "vectors": abs_path(t.vectors), "adapter": abs_path(t.adapter), "run": abs_path(t.run),
+            "checkpoint": t.checkpoint,
+            "identity": plan.ident,
+        })
+        for b in benches:
+            for seed in plan.proto.seeds:
+                if (b.name, seed) in plan.done:
+                    remove_shards(t.output_dir, b.name, seed)  # left by a run stopped while merging
+                    reporter.say(f"{t.label} · {b.display} · seed {seed}: finished earlier, skipped")
+                elif plan.kept.get((b.name, seed)):
+                    reporter.say(f"{t.label} · {b.display} · seed {seed}: {plan.kept[(b.name, seed)]} of "
+                                 f"{len(b.problems)} problems finished earlier, kept")
+
+
+def _check_visible(plans: Sequence[_Plan]) -> None:
+    for plan in plans:
+        if not (plan.target.output_dir / "target.json").is_file():
+            raise SteerError(f"this process does not see {plan.target.output_dir / 'target.json'}, which the main "
+                             "process wrote; on several nodes the output directory must be on a filesystem they "
+                             "all share (same path)")
+
+
+class _Merger:
+    """(Main process.) Merges each (target, benchmark, seed) once all its shards are written, and
+    writes a target's summary once all of its are merged."""
+
+    def __init__(self, settings: Settings, plans: Sequence[_Plan], benches: Sequence[BenchmarkData],
+                 shards: Sequence[Shard], reporter: Reporter, world: int, started: float) -> None:
+        self.s, self.plans, self.benches, self.reporter = settings, plans, benches, reporter
+        self.world, self.started = world, started
+        self.matrices = [dict(p.done) for p in plans]
+        self.waiting: dict[tuple[int, str, int], list[Path]] = {}
+        for ti, plan in enumerate(plans):
+            for b in benches:
+                for seed in plan.proto.seeds:
+                    if (b.name, seed) not in plan.done:
+                        self.waiting[(ti, b.name, seed)] = []
+        for sh in shards:
+            self.waiting[(sh.target, sh.bench, sh.seed)].append(sh.path(plans[sh.target].target.output_dir))
+        self.summaries: list[Optional[dict[str, Any]]] = [None] * len(plans)
+
+    def poll(self) -> bool:
+        """Merge what is complete; True when everything is."""
+        for key in list(self.waiting):
+            paths = self.waiting[key]
+            if all(p.exists() for p in paths):
+                self.reporter.seen(paths)
+                self._merge(*key)
+                del self.waiting[key]
+        for ti, plan in enumerate(self.plans):
+            if self.summaries[ti] is None and not any(k[0] == ti for k in self.waiting):
+                self._summarise(ti)
+        return not self.waiting
+
+    def wait(self) -> list[dict[str, Any]]:
+        while not self.poll():
+            time.sleep(0.5)  # other processes are still generating
+        return [s for s in self.summaries if s is not None]
+
+    def _merge(self, ti: int, bench: str, seed: int) -> None:
+        plan = self.plans[ti]
+        b = next(x for x in self.benches if x.name == bench)
+        n = plan.proto.samples(b)
+        lines = merge_shards(plan.target.output_dir, bench, seed, b.problems, n)
+        matrix = [[bool(s["correct"]) for s in line["samples"]] for line in lines]
+        self.matrices[ti][(bench, seed)] = matrix
+        metric = M.primary_metric(n)
+        value = M.primary_value(M.seed_metrics(matrix, plan.proto.mean_k), metric)
+        self.reporter.say(f"{plan.target.label} · {b.display} · seed {seed} · {n} sample{'s' if n > 1 else ''}: "
+                          f"{metric} {100 * value:.1f} ({time.perf_counter() - self.started:.1f}s)")
+
+    def _summarise(self, ti: int) -> None:
+        plan = self.plans[ti]
+        summary = build_summary(plan.target, self.s, plan.proto, self.benches, self.matrices[ti],
+                                processes=self.world, wall_seconds=time.perf_counter() - self.started)
+        atomic_write_json(plan.target.output_dir / "summary.json", summary)
+        self.reporter.say(f"{plan.target.label}: results in {plan.target.output_dir}")
+        self.summaries[ti] = summary
 
 
 def evaluate(
@@ -74,87 +226,53 @@ def evaluate(
     *,
     fields: Optional[FieldMap] = None,
     interactive: Optional[bool] = None,
+    coord: Optional[Coordinator] = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate each target on every benchmark and seed; returns the summaries (also written).
+    """Evaluate each target on every benchmark and seed; returns the summaries (also written) on
+    the main process, an empty list on the others.
 
-    Everything is checked (benchmarks, data, vectors shapes, output directories, prompts) before
-    anything is written; finished (benchmark, seed) files from an earlier run with the same
-    protocol are kept and reported as skipped.
+    Everything is checked (benchmarks, data, vectors shapes, output directories, prompts) on every
+    process before anything is written; finished (benchmark, seed) files and finished shards from
+    an earlier run with the same protocol are kept.
     """
     from steer_cli.rollout.base import SamplingSpec
 
-    benches = load_benchmarks(settings, fields)
-    plans = _plan(settings, targets, benches, fields)
-    p = settings.prompt
-    prompts: dict[str, list[list[int]]] = {}
-    stop_ids: tuple[int, ...] = ()
-    models = None
-    if any(plan.todo for plan in plans):  # a re-run with nothing left to do skips loading transformers
-        if settings.rollout.backend == "vllm":
-            vllm_factory()  # fail before writing anything
-        from steer_cli.data.prompts import completion_stop_ids, render_prompt
-        from steer_cli.models import load_tokenizer
+    coord = coord or Coordinator()
+    started = time.perf_counter()
+    reporter = Reporter(interactive, enabled=coord.main)
+    benches, plans = coord.agree("check", lambda: _check(settings, targets, fields, coord))
+    shards = [Shard.from_json(x) for x in
+              coord.agree("plan", lambda: _find_work(settings, plans, benches) if coord.main else None, share=True)]
+    inputs = coord.agree("inputs", lambda: _load_inputs(settings, benches, plans) if shards else None)
+    coord.agree("init", lambda: _init(settings, plans, benches, reporter) if coord.main else None)
+    if coord.world > 1:
+        coord.agree("visible", lambda: None if coord.main else _check_visible(plans))
 
-        tokenizer = load_tokenizer(settings.model.name, revision=settings.model.revision,
-                                   trust_remote_code=settings.model.trust_remote_code)
-        stop_ids = completion_stop_ids(tokenizer, p.stop, settings.model.name, revision=settings.model.revision,
-                                       trust_remote_code=settings.model.trust_remote_code)
-        prompts = {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
-                                          fmt=p.format, append_to=p.append_to) for x in b.problems]
-                   for b in benches}
-        models = EvalModels(settings, tokenizer)
-    hf = settings.rollout.backend == "hf"
-    chunk = settings.rollout.batch_prompts if hf else max(256, settings.rollout.batch_prompts)
-
-    reporter = Reporter(interactive)
-    summaries = []
-    grader = None
+    merger = _Merger(settings, plans, benches, shards, reporter, coord.world, started) if coord.main else None
+    mine = deal(shards, coord.rank, coord.world)
     with contextlib.ExitStack() as stack:
         stack.enter_context(reporter)
-        for plan in plans:
-            t, proto = plan.target, plan.proto
-            init_output_dir(t.output_dir, plan.mode, settings, {
-                "kind": TARGET_KIND, "format_version": FORMAT_VERSION, "label": t.label,
-                "setup": t.setup, "model": t.model,
-                "vectors": abs_path(t.vectors), "adapter": abs_path(t.adapter), "run": abs_path(t.run),
-                "checkpoint": t.checkpoint,
-                "identity": plan.ident,
-            })
-            matrices = dict(plan.done)
-            for b in benches:
-                for seed in proto.seeds:
-                    if (b.name, seed) in plan.done:
-                        reporter.say(f"{t.label} · {b.display} · seed {seed}: finished earlier, skipped")
-            if plan.todo:
-                assert models is not None
-                if grader is None:
-                    from steer_cli import rewards
+        who = f"{coord.world} processes" if coord.world > 1 else "1 process"
+        reporter.job(f"eval · {who}", {sh.path(plans[sh.target].target.output_dir): sh.size for sh in shards})
+        if merger is not None:
+            merger.poll()
+        grader = None
+        for ti, plan in enumerate(plans):
+            todo = [sh for sh in mine if sh.target == ti]
+            if not todo:
+                continue
+            assert inputs is not None
+            if grader is None:
+                from steer_cli import rewards
 
-                    grader = stack.enter_context(rewards.Grader(
-                        num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
-                        template=p.template, truncated_box_fallback=settings.train.grade_truncated_box))
-                with models.backend(t, plan.vectors) as backend:
-                    for b, seed in plan.todo:
-                        n = proto.samples(b)
-                        sampling = SamplingSpec(n=n, temperature=proto.temperature, top_p=proto.top_p,
-                                                top_k=-1, stop_token_ids=stop_ids, seed=seed)
-                        label = f"{t.label} · {b.display} · seed {seed} · {n} sample{'s' if n > 1 else ''}"
-                        started = time.perf_counter()
-                        advance = reporter.task(label, len(b.problems))
-                        lines = generate_benchmark(backend, grader, prompts[b.name], b.problems, sampling,
-                                                   max_new_tokens=proto.max_new_tokens,
-                                                   max_seq_length=proto.max_seq_length, chunk=chunk,
-                                                   advance=advance)
-                        reporter.finish_task()
-                        write_results(results_path(t.output_dir, b.name, seed), lines)
-                        matrix = [[s["correct"] for s in line["samples"]] for line in lines]
-                        matrices[(b.name, seed)] = matrix
-                        metric = M.primary_metric(n)
-                        value = M.primary_value(M.seed_metrics(matrix, proto.mean_k), metric)
-                        reporter.say(f"{label}: {metric} {100 * value:.1f} "
-                                     f"({time.perf_counter() - started:.1f}s)")
-            summary = build_summary(t, settings, proto, benches, matrices)
-            atomic_write_json(t.output_dir / "summary.json", summary)
-            reporter.say(f"{t.label}: results in {t.output_dir}")
-            summaries.append(summary)
-    return summaries
+                p = settings.prompt
+                grader = stack.enter_context(rewards.Grader(
+                    num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
+                    template=p.template, truncated_box_fallback=settings.train.grade_truncated_box))
+            proto = plan.proto
+            sampling = SamplingSpec(n=1, temperature=proto.temperature, top_p=proto.top_p, top_k=-1,
+                                    stop_token_ids=inputs.stop_ids)
+            with inputs.models.backend(plan.target, plan.vectors) as backend:
+                run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches), sampling,
+                           plan.target.output_dir, written=lambda shard: merger.poll() if merger else None)
+        return merger.wait() if merger is not None else []

@@ -3,7 +3,7 @@ the results table printed at the end."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from steer_cli import eval_metrics as M
 from steer_cli.evaluate.benchmarks import BenchmarkData
@@ -14,8 +14,10 @@ from steer_cli.settings import Settings
 
 
 def build_summary(target: Target, settings: Settings, proto: Protocol, benches: Sequence[BenchmarkData],
-                  matrices: dict[tuple[str, int], list[list[bool]]]) -> dict[str, Any]:
-    """summary.json of one target (format in notes/apis.md)."""
+                  matrices: dict[tuple[str, int], list[list[bool]]], *, processes: int = 1,
+                  wall_seconds: Optional[float] = None) -> dict[str, Any]:
+    """summary.json of one target (format in notes/apis.md). ``processes`` and ``wall_seconds``
+    describe the invocation that wrote it (a re-run that only merged counts its own time)."""
     benchmarks: dict[str, Any] = {}
     primary: dict[str, dict[str, float]] = {}
     for b in benches:
@@ -39,6 +41,8 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
         "greedy": proto.greedy,
         "max_new_tokens": proto.max_new_tokens, "max_seq_length": proto.max_seq_length,
         "mean_k": proto.mean_k, "backend": settings.rollout.backend,
+        "processes": processes,
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,20 @@ def completion_budgets(prompt_lengths: Sequence[int], max_new_tokens: Optional[i
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sample to draw (evaluation): a prompt, the sample's own seed (None: greedy) and budget.
+
+    Backends draw it from its seed alone, never from what else is generated with it, so a sample
+    is the same whichever process, batch or order it lands in. ``group`` ties the samples of one
+    prompt together (the hf backend batches whole groups)."""
+
+    prompt: tuple[int, ...]
+    seed: Optional[int]
+    max_new_tokens: int
+    group: int = 0
+
+
 @dataclass
 class Completion:
     """One sampled continuation of a prompt."""
@@ -72,4 +86,16 @@ class RolloutBackend(Protocol):
     """
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec) -> list[list[Completion]]:
+        ...
+
+
+@runtime_checkable
+class SampleBackend(Protocol):
+    """Draws independent samples, one per request (evaluation; the hf and vLLM backends)."""
+
+    def stream_samples(self, requests: Sequence[SampleRequest],
+                       sampling: SamplingSpec) -> Iterator[tuple[int, Completion]]:
+        """Each request's completion, as ``(index in requests, completion)`` in the order they finish;
+        ``sampling`` gives temperature, top_p, top_k and the stop set (its n, seed and budgets are
+        unused: every request is one sample with its own seed and budget)."""
         ...

@@ -13,10 +13,10 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from steer_cli.errors import SteerError
-from steer_cli.rollout.base import Completion, SamplingSpec
+from steer_cli.rollout.base import Completion, SampleRequest, SamplingSpec
 
 WORKER_EXTENSION = "steer_cli.rollout.vllm_worker.SteeringWorkerExtension"
 
@@ -142,26 +142,33 @@ class VLLMBackend:
         self.enable_lora = enable_lora
         self._lora = None
         self._lora_ids = itertools.count(1)
+        self._request_ids = itertools.count()
         self.sync_log: list[dict[str, Any]] = []  # one entry per sync: kind, seconds (wall)
 
     # -- generation ---------------------------------------------------------------------------
 
     def sampling_params(self, sampling: SamplingSpec, index: int, max_tokens: int | None = None):
+        """Training's requests: prompt ``index`` of the step seeded by (step seed, index), n samples."""
+        return self._params(sampling, n=1 if sampling.greedy else sampling.n,  # vLLM refuses n > 1 when greedy
+                            seed=None if sampling.greedy else request_seed(sampling.seed, index),
+                            max_tokens=max_tokens or sampling.max_new_tokens)
+
+    def _params(self, sampling: SamplingSpec, *, n: int, seed: int | None, max_tokens: int):
         from vllm import SamplingParams
 
         stop = list(sampling.stop_token_ids)
         return SamplingParams(
-            n=1 if sampling.greedy else sampling.n,  # vLLM refuses n > 1 when greedy
+            n=n,
             temperature=sampling.temperature,
             top_p=sampling.top_p if not sampling.greedy else 1.0,
             top_k=sampling.top_k if sampling.top_k > 0 and not sampling.greedy else 0,
-            max_tokens=max_tokens or sampling.max_new_tokens,
+            max_tokens=max_tokens,
             # The stop set (data.prompts.stop_token_ids) holds EOS, so vLLM keeps stopping at EOS
             # (and at the model's generation_config EOS ids, also in the set). A hand-made set
             # without EOS means EOS does not stop, as in the hf backend.
             stop_token_ids=stop or None,
             ignore_eos=bool(stop) and self.tokenizer.eos_token_id not in stop,
-            seed=None if sampling.greedy else request_seed(sampling.seed, index),
+            seed=seed,
             detokenize=False,  # text is decoded here, from the same ids, special tokens kept
         )
 
@@ -185,6 +192,33 @@ class VLLMBackend:
                          for _ in range(sampling.n)]
             results.append(comps)
         return results
+
+    def stream_samples(self, requests: Sequence[SampleRequest],
+                       sampling: SamplingSpec) -> Iterator[tuple[int, Completion]]:
+        """Every request at once (the engine schedules them), each with n=1 and its own seed
+        (vLLM's per-request generator: a sample does not depend on what shares its batch), yielded
+        as each finishes, so callers can write results while the rest still runs."""
+        engine = self.llm.llm_engine
+        pending: dict[str, int] = {}
+        try:
+            for i, r in enumerate(requests):
+                if not sampling.greedy and r.seed is None:
+                    raise ValueError("a sampled request needs its own seed")
+                rid = f"steer-sample-{next(self._request_ids)}"
+                params = self._params(sampling, n=1, seed=None if sampling.greedy else int(r.seed),
+                                      max_tokens=int(r.max_new_tokens))
+                engine.add_request(rid, {"prompt_token_ids": [int(t) for t in r.prompt]}, params,
+                                   lora_request=self._lora)
+                pending[rid] = i
+            while pending and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished and out.request_id in pending:
+                        yield pending.pop(out.request_id), self._completion(out.outputs[0])
+            if pending:
+                raise RuntimeError(f"vLLM finished without {len(pending)} of the requests")
+        finally:
+            if pending:  # closed early (an error, or the caller stopped): the engine drops the rest
+                engine.abort_request(list(pending))
 
     def _completion(self, c) -> Completion:
         ids = [int(t) for t in c.token_ids]
