@@ -13,6 +13,7 @@ from steer_cli.cli.common import (
     PRESET_HELP,
     SET_HELP,
     doc,
+    fail,
     is_interactive,
     latest_run,
     parse_int_list,
@@ -104,7 +105,15 @@ def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[st
             return None
         return ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
     except ev.ReportedByMain:
+        coord.wait_reported()
         raise typer.Exit(2) from None  # the main process prints the error
+    except SteerError as err:
+        if not coord.main:
+            raise  # this process's own error (while generating): it prints it
+        try:
+            fail(str(err))
+        finally:
+            coord.reported()
 
 
 def _resolve(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],

@@ -164,5 +164,19 @@ class Coordinator:
             raise SteerError(message) if self.main else ReportedByMain(message)
         return posts[0].get("value") if share else value
 
+    def reported(self) -> None:
+        """(Main process.) The error is printed: the others may exit now."""
+        if self.store is not None:
+            self.store.set(self.prefix + "reported", "1")
+
+    def wait_reported(self) -> None:
+        """Exit only once the main process has printed the error: a launcher stops every process
+        as soon as one exits with an error, which could cut the main one short."""
+        if self.store is not None:
+            try:
+                self.store.wait([self.prefix + "reported"], timedelta(seconds=60))
+            except Exception:  # noqa: BLE001 - the main process is gone; exit all the same
+                pass
+
     def _key(self, phase: str, rank: int) -> str:
         return f"{self.prefix}{phase}/{rank}"
