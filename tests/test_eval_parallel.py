@@ -271,3 +271,32 @@ def test_bad_input_on_two_processes_is_one_error_and_writes_nothing(tiny_lm, sha
     assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr  # torchrun's report
     assert "steer_cli/" not in proc.stderr  # no traceback of ours
     assert not out.exists()
+
+
+def test_the_bar_counts_shard_files_as_they_appear(tmp_path):
+    from steer_cli.evaluate.progress import Reporter, ShardWatcher
+
+    files = {tmp_path / f"{i}.jsonl": 2 * i + 1 for i in range(3)}
+    counted = []
+    watcher = ShardWatcher(files, counted.append)
+    watcher.poll()
+    (tmp_path / "1.jsonl").write_text("x")
+    watcher.poll()
+    watcher.poll()
+    (tmp_path / "2.jsonl").write_text("x")
+    watcher.poll([tmp_path / "2.jsonl"])
+    assert counted == [3, 5]
+
+    with Reporter(interactive=True) as reporter:  # the bar's thread starts and stops cleanly
+        reporter.job("eval", files)
+        (tmp_path / "0.jsonl").write_text("x")
+        reporter.seen([tmp_path / "0.jsonl"])
+        assert reporter._progress.tasks[0].completed == 1
+        reporter._watcher.poll()  # what the thread does every half second
+        assert reporter._progress.tasks[0].completed == 1 + 3 + 5
+        watcher_thread = reporter._watcher
+    assert reporter._progress is None and not watcher_thread.is_alive()
+    quiet = Reporter(interactive=True, enabled=False)  # other processes: no bar, no lines
+    quiet.job("eval", files)
+    quiet.say("hello")
+    assert quiet._progress is None

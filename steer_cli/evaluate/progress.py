@@ -78,10 +78,10 @@ class ShardWatcher(threading.Thread):
         self.advance = advance
         self.interval = interval
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             self.poll()
 
     def poll(self, paths: Optional[list[Path]] = None) -> None:
@@ -91,5 +91,5 @@ class ShardWatcher(threading.Thread):
                     self.advance(self.pending.pop(path))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
