@@ -34,8 +34,8 @@ def eval_args(out, model, data, *extra):
 
 
 def results(out):
-    """Every results file of an output directory, as text."""
-    return {p.relative_to(out).as_posix(): p.read_text() for p in sorted(out.glob("seed-*/*.jsonl"))}
+    """Every results file under an output directory (of one target or several), as text."""
+    return {p.relative_to(out).as_posix(): p.read_text() for p in sorted(out.rglob("seed-*/*.jsonl"))}
 
 
 # ---------------------------------------------------------------------------------- pure parts
@@ -246,21 +246,31 @@ def _torchrun(args, cwd, nproc=2):
 
 
 def test_two_processes_write_what_one_writes(tiny_lm, shared_data, tmp_path):
+    """The base model (greedy) and vectors (sampled, T=1), on one process and on two."""
+    from steer_cli.vectors import save_vectors
+
+    vectors = save_vectors(tmp_path / "v.safetensors", 0.5 * torch.randn(2, 64, generator=torch.Generator().manual_seed(0)),
+                           base_model=str(tiny_lm))
+    args = [a for a in eval_args("OUT", tiny_lm, shared_data, "--vectors", vectors, "--base")
+            if a not in ("--temperature", "1.0")]
     one, two = tmp_path / "one", tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "steer_cli", *eval_args(one, tiny_lm, shared_data)],
+    single = subprocess.run([sys.executable, "-m", "steer_cli", *[str(one) if a == "OUT" else a for a in args]],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr
-    proc = _torchrun(eval_args(two, tiny_lm, shared_data, "--set", "eval.shard_samples=2",
-                               "--set", "rollout.batch_prompts=3"), tmp_path)
+    proc = _torchrun([str(two) if a == "OUT" else a for a in args] + ["--set", "eval.shard_samples=2",
+                                                                      "--set", "rollout.batch_prompts=3"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert results(two) == results(one) and len(results(one)) == 4
-    assert not list(two.glob("seed-*/.shards"))
-    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
-    assert (s1["processes"], s2["processes"]) == (1, 2) and s2["wall_seconds"] > 0
-    assert s1["benchmarks"] == s2["benchmarks"] and s1["average"] == s2["average"]
+    assert results(two) == results(one)
+    assert sorted(results(one)) == ["base/seed-0/aime24.jsonl", "base/seed-0/gsm8k.jsonl", "v/seed-0/aime24.jsonl",
+                                    "v/seed-0/gsm8k.jsonl", "v/seed-1/aime24.jsonl", "v/seed-1/gsm8k.jsonl"]
+    assert not list(two.rglob(".shards"))
+    for label in ("base", "v"):
+        s1, s2 = (json.loads((d / label / "summary.json").read_text()) for d in (one, two))
+        assert (s1["processes"], s2["processes"]) == (1, 2) and s2["wall_seconds"] > 0
+        assert s1["benchmarks"] == s2["benchmarks"] and s1["average"] == s2["average"]
     assert proc.stdout.count("steer eval: accuracy") == 1  # the table, from the main process only
-    assert proc.stderr.count("base: results in") == 1
+    assert proc.stderr.count("v: results in") == proc.stderr.count("base: results in") == 1
 
 
 def test_bad_input_on_two_processes_is_one_error_and_writes_nothing(tiny_lm, shared_data, tmp_path):
