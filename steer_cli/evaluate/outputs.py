@@ -1,5 +1,6 @@
 """An evaluation output directory: checked before anything is written, initialised, and the
-per-(benchmark, seed) results files, each written whole so a re-run can skip finished ones."""
+per-(benchmark, seed) results files, each written whole so a re-run can skip finished ones (the
+shards they are merged from: ``shards``)."""
 
 from __future__ import annotations
 
@@ -86,15 +87,11 @@ def read_results(path: Path, problems: Sequence[Problem], samples: int) -> Optio
     return matrix
 
 
-
-
 def write_results(path: Path, lines: Sequence[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
-
-
 
 
 def abs_path(path: Optional[Path]) -> Optional[str]:

@@ -82,7 +82,7 @@ def device_slice(visible: Sequence[str], local_rank: int, local_world: int, per_
 def bind_devices(launch: Launch, per_process: int) -> Optional[list[str]]:
     """Restrict this process to its own GPUs through CUDA_VISIBLE_DEVICES, before CUDA starts, so
     the hf model (cuda:0) and a vLLM engine (its workers start at GPU 0, also in processes it
-    spawns) land there. Nothing to do for one process or without GPUs; returns the GPUs taken."""
+    spawns) land there. Nothing to do for one process per node or without GPUs; returns the GPUs taken."""
     if launch.local_world <= 1:
         return None
     import torch
