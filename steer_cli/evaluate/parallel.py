@@ -113,6 +113,10 @@ class Coordinator:
         launch = launch_from_env()
         if launch.world == 1:
             return cls(launch)
+        if not launch.main:
+            # Other processes print nothing but errors: their vLLM engines (and the processes those
+            # start, which inherit this) log warnings and errors only.
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from torch.distributed import rendezvous
 
         try:
