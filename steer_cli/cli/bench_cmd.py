@@ -44,12 +44,12 @@ def bench_command(
 
 
 def _render(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from steer_cli.report_tables import human_bytes, human_count, human_seconds
+    from steer_cli.terminal import print_table, print_text, stdout_console
 
-    console = Console()
+    console = stdout_console()
     m = result["machine"]
     setups = result["setups"]
     table = Table(title=f"steer bench · {result['model']} ({human_count(result['model_params'])} params) · "
@@ -65,19 +65,19 @@ def _render(result: dict) -> None:
     ]
     for label, fmt in rows:
         table.add_row(label, *[fmt(s) for s in setups.values()])
-    console.print(table)
-    console.print(f"no-grad forward pass on the same batch: {human_seconds(result['forward_seconds'])}")
+    print_table(console, table)
+    print_text(console, f"no-grad forward pass on the same batch: {human_seconds(result['forward_seconds'])}")
     for backend, gen in (result.get("generation") or {}).items():
         start = ""
         if gen.get("engine_start_seconds_bare") is not None:
             start = (f" (engine start {human_seconds(gen['engine_start_seconds_bare'])} bare, "
                      f"{human_seconds(gen['engine_start_seconds_steered'])} steered)")
-        console.print(f"generation ({backend}): {gen['tokens_per_second_bare']:.1f} tok/s bare, "
-                      f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors{start}")
+        print_text(console, f"generation ({backend}): {gen['tokens_per_second_bare']:.1f} tok/s bare, "
+                            f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors{start}")
     if result.get("vllm_sync"):
         sync = result["vllm_sync"]
-        console.print(f"vLLM: vector sync {human_seconds(sync['vector_sync_seconds'])}, "
-                      f"full weight reload {human_seconds(sync['full_reload_seconds'])}")
+        print_text(console, f"vLLM: vector sync {human_seconds(sync['vector_sync_seconds'])}, "
+                            f"full weight reload {human_seconds(sync['full_reload_seconds'])}")
     targets = Table(title="ratios (measured side by side in this run)")
     for col in ("ratio", "value", "target", "met"):
         targets.add_column(col, justify="right" if col != "ratio" else "left")
@@ -86,4 +86,4 @@ def _render(result: dict) -> None:
         target = "-" if row["target"] is None else f"{row['op']} {row['target']}"
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[row["met"]]
         targets.add_row(row["label"], value, target, met)
-    console.print(targets)
+    print_table(console, targets)
