@@ -200,3 +200,23 @@ def test_bfloat16_model_keeps_float32_vectors():
     assert handle.vectors.dtype == torch.float32 and out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert handle.vectors.grad.dtype == torch.float32
+
+
+def test_vectors_cast_once_for_generation_follow_in_place_updates():
+    """Without autograd the hooks add a cached cast of the vectors; a change of the vectors in place
+    (``set``, an optimizer step) must reach the next forward pass."""
+    model = make_model("qwen2").to(torch.bfloat16)
+    ids = sample_ids()
+    handle = attach_steering(model, _random_vectors(model, scale=0.5, seed=3), trainable=True)
+    with torch.no_grad():
+        first = _logits(model, ids)
+        handle.set(_random_vectors(model, scale=0.5, seed=4))
+        after_set = _logits(model, ids)
+        handle.vectors.mul_(2.0)  # as AdamW does, in place
+        after_step = _logits(model, ids)
+    for vectors, got in ((_random_vectors(model, scale=0.5, seed=4), after_set),
+                         (2.0 * _random_vectors(model, scale=0.5, seed=4), after_step)):
+        fresh = attach_steering(make_model("qwen2").to(torch.bfloat16), vectors, trainable=False)
+        with torch.no_grad():
+            torch.testing.assert_close(got, _logits(fresh.model, ids))
+    assert not torch.equal(first, after_set)

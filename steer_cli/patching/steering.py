@@ -38,6 +38,10 @@ class SteeringHandle:
         self.place = place
         self._enabled = True
         self._hooks: list[Any] = []
+        # The vectors cast to the activations' device and dtype, for passes without autograd
+        # (generation): one cast per update of the vectors instead of one per layer per token.
+        self._cast: torch.Tensor | None = None
+        self._cast_key: tuple[Any, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -51,10 +55,20 @@ class SteeringHandle:
         if not self._enabled:
             return output
         hidden = output[0] if isinstance(output, tuple) else output
-        steered = hidden + self.vectors[index].to(device=hidden.device, dtype=hidden.dtype)
+        steered = hidden + self._vector(index, hidden)
         if isinstance(output, tuple):
             return (steered, *output[1:])
         return steered
+
+    def _vector(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        """Row ``index`` in ``like``'s device and dtype; the master copy stays float32."""
+        if torch.is_grad_enabled() and self.vectors.requires_grad:
+            return self.vectors[index].to(device=like.device, dtype=like.dtype)
+        key = (like.device, like.dtype, self.vectors._version, self.vectors.data_ptr())
+        if self._cast_key != key:
+            self._cast = self.vectors.detach().to(device=like.device, dtype=like.dtype, copy=True)
+            self._cast_key = key
+        return self._cast[index]
 
     def _install(self) -> None:
         for index in self.layers:
