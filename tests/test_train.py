@@ -244,6 +244,7 @@ def test_tensorboard_tracker_writes_the_metrics(tiny_lm, tiny_problems, tmp_path
     pytest.importorskip("tensorboard")  # the dev extra installs it
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
 
     out = tmp_path / "tb"
     result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "2", "--lr", "0.05",
@@ -259,8 +260,6 @@ def test_tensorboard_tracker_writes_the_metrics(tiny_lm, tiny_problems, tmp_path
                     data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
                     hparams = data.session_start_info.hparams
                 elif v.metadata.plugin_data.plugin_name == "scalars" or v.HasField("simple_value"):
-                    from tensorboard.util import tensor_util
-
                     value = v.simple_value if v.HasField("simple_value") else tensor_util.make_ndarray(v.tensor).item()
                     logged.setdefault(v.tag, {})[event.step] = value
     for key in ("reward_mean", "accuracy", "loss", "grad_norm", "lr", "completion_len_mean"):
