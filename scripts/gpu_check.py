@@ -41,14 +41,19 @@ class Ctx:
     log: Callable[[str], None]
     timeout_scale: float = 1.0
 
-    def steer(self, *args: str, timeout: float, name: str, launcher: list[str] | None = None) -> str:
+    def steer(self, *args: str, timeout: float, name: str, launcher: list[str] | None = None,
+              fault: str | None = None) -> str:
         """Run ``python -m steer_cli ARGS`` (or under ``launcher``); its output goes to a log file."""
         cmd = (launcher or [sys.executable]) + ["-m", "steer_cli", *args]
-        return self.run(cmd, timeout=timeout, name=name)
+        return self.run(cmd, timeout=timeout, name=name, fault=fault)
 
-    def run(self, cmd: list[str], *, timeout: float, name: str) -> str:
+    def run(self, cmd: list[str], *, timeout: float, name: str, fault: str | None = None,
+            ok_codes: tuple[int, ...] = (0,)) -> str:
         log_path = self.work / f"{name}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("STEER_FAULT", None)
+        if fault:  # steer_cli/faults.py: kill the run at that point of that step
+            env["STEER_FAULT"] = fault
         self.log(f"  $ {' '.join(cmd)}")
         with open(log_path, "w") as log:
             try:
@@ -57,7 +62,7 @@ class Ctx:
             except subprocess.TimeoutExpired:
                 raise CheckFailed(f"timed out after {timeout * self.timeout_scale:.0f} s: {' '.join(cmd[-6:])}; "
                                   f"tail: {_tail(log_path)}") from None
-        if proc.returncode != 0:
+        if proc.returncode not in ok_codes and not (fault and proc.returncode != 0):
             raise CheckFailed(f"exit {proc.returncode}: {_tail(log_path)}")
         return log_path.read_text(errors="replace")
 
@@ -236,24 +241,23 @@ def check_bench_7b_width(ctx: Ctx) -> dict[str, Any]:
 
 
 def check_fsdp_full(ctx: Ctx) -> dict[str, Any]:
-    help_text = subprocess.run([sys.executable, "-m", "steer_cli", "train", "--help"], capture_output=True,
-                               text=True, env=dict(os.environ, COLUMNS="200")).stdout
-    if "--fsdp" not in help_text:
-        raise Skipped("this steer has no --fsdp")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
-    steps = ["--max-steps", "4", "--save-every", "2"]
-    small = ["--prompts-per-step", "4", "--num-generations", "4", "--max-new-tokens", "16"] if ctx.quick else []
-    common = ["train", "--setup", "full", "--fsdp", "--set", "model.dtype=bfloat16", "--set", "train.lr=1e-4", *small]
+    small = ["--prompts-per-step", "4", "--num-generations", "4", "--max-new-tokens", "48"] if ctx.quick else []
+    common = ["train", "--setup", "full", "--fsdp", "--set", "model.dtype=bfloat16", "--set", "train.lr=1e-4",
+              "--max-steps", "4", "--save-every", "2", *small]
     a, b = ctx.work / "fsdp-a", ctx.work / "fsdp-b"
     t0 = time.perf_counter()
-    ctx.steer(*common, "--output-dir", str(a), "--overwrite", *steps, timeout=180, name="fsdp-a", launcher=launcher)
+    ctx.steer(*common, "--output-dir", str(a), "--overwrite", timeout=180, name="fsdp-a", launcher=launcher)
     wall = time.perf_counter() - t0
-    ctx.steer(*common, "--output-dir", str(b), "--overwrite", "--max-steps", "2", "--save-every", "2",
-              timeout=180, name="fsdp-b1", launcher=launcher)
-    shutil.rmtree(b / "final", ignore_errors=True)
-    ctx.steer(*common, "--output-dir", str(b), "--resume", *steps, timeout=180, name="fsdp-b2", launcher=launcher)
+    # Killed after checkpoint-2 (in step 3's update), then resumed: must end where run a ended.
+    ctx.steer(*common, "--output-dir", str(b), "--overwrite", timeout=180, name="fsdp-b1", launcher=launcher,
+              fault="update@3")
+    if not (b / "checkpoint-2").is_dir():
+        raise CheckFailed("the killed FSDP run left no checkpoint-2")
+    ctx.steer(*common, "--output-dir", str(b), "--resume", timeout=180, name="fsdp-b2", launcher=launcher)
     diff = _max_weight_diff(a / "final" / "model", b / "final" / "model")
-    fig = {"wall_seconds": round(wall, 1), "steps": len(_metrics(a)), "resume_max_abs_weight_diff": diff}
+    fig = {"wall_seconds": round(wall, 1), "steps": len(_metrics(a)), "resume_max_abs_weight_diff": diff,
+           "reward_first": _metrics(a)[0]["reward_mean"], "reward_last": _metrics(a)[-1]["reward_mean"]}
     if diff != 0.0:
         fig["note"] = "resume differs from the uninterrupted run (sampling on GPU is not bitwise deterministic)"
     return fig
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check: unknown checks {unknown}; choose from {', '.join(CHECKS)}", file=sys.stderr)
         return 2
     skip = set(s for s in args.skip.split(",") if s)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="steer-gpu-check-"))
+    work = (Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="steer-gpu-check-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out_path = Path(args.out).resolve()
     ctx = Ctx(work=work, quick=not cuda, cuda=cuda, log=lambda msg: print(msg, flush=True))

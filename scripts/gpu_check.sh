@@ -5,6 +5,5 @@
 # under FSDP with resume), checks vLLM greedy == hf greedy with vectors and CUDA graphs, runs
 # `steer bench` on a random ~1B Qwen2 and the Qwen2.5-Math-7B width. Exits 2 without a GPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-exec "$PYTHON" scripts/gpu_check.py "$@"
+exec "$PYTHON" "$(dirname "$0")/gpu_check.py" "$@"

@@ -84,12 +84,19 @@ def model_slug(name: str) -> str:
     return Path(str(name).rstrip("/")).name or "model"
 
 
-def pick_dtype(dtype: str, device: Any) -> Any:
+def pick_dtype(dtype: str, device: Any, config: Any = None) -> Any:
+    """The compute dtype. ``auto``: on a GPU the checkpoint's own bfloat16/float16 (``config``),
+    else bfloat16, as the paper trains; on a CPU float32 (CPUs without bfloat16 units emulate it
+    slowly, and the demo and tests are float32)."""
     import torch
 
-    if dtype == "auto":
-        return torch.bfloat16 if getattr(device, "type", str(device)) == "cuda" else torch.float32
-    return getattr(torch, dtype)
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if getattr(device, "type", str(device)) != "cuda":
+        return torch.float32
+    own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    own = getattr(torch, own) if isinstance(own, str) and hasattr(torch, own) else own
+    return own if own in (torch.bfloat16, torch.float16) else torch.bfloat16
 
 
 def quiet_transformers() -> None:
@@ -149,7 +156,7 @@ def load_causal_lm(
     path = resolve_model(name)
     config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
-                              "dtype": pick_dtype(dtype, torch.device(device))}
+                              "dtype": pick_dtype(dtype, torch.device(device), config)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

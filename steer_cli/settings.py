@@ -31,7 +31,7 @@ class _Group(BaseModel):
 class ModelSettings(_Group):
     name: str = Field("demo", description="Base model: hub id, local directory, short name (e.g. Qwen2.5-Math-7B), or 'demo'.")
     revision: Optional[str] = Field(None, description="Hub revision (branch, tag or commit) of the model.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Compute dtype; auto = the checkpoint's bfloat16/float16 or else bfloat16 on GPU, float32 on CPU.")
     trust_remote_code: bool = Field(False, description="Allow custom model code from the hub (off unless you ask).")
     attn_implementation: Optional[str] = Field(None, description="transformers attention kernel (eager, sdpa, flash_attention_2).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
@@ -121,6 +121,8 @@ class TrainSettings(_Group):
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite updates in a row.")
     grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
     grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
+    fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across processes with FSDP2 (setup full; launch with torchrun or accelerate).")
+    master_float32: bool = Field(True, description="Setup full in bfloat16/float16: keep float32 master weights and run the forward in model.dtype (off: update the low-precision weights, losing steps below their resolution).")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Extra loggers through accelerate (tensorboard, wandb).")
 
 

@@ -33,13 +33,14 @@ def vllm_lm(tmp_path_factory):
                         num_key_value_heads=1, head_dim=64, intermediate_size=256, initializer_range=0.1)
 
 
-def test_train_with_vllm_rollouts(vllm_lm, tiny_problems, tmp_path, coin_grader):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_with_vllm_rollouts(dtype, vllm_lm, tiny_problems, tmp_path, coin_grader):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--model", str(vllm_lm), "--dataset", str(tiny_problems),
                                  "--backend", "vllm", "--output-dir", str(out), "--max-steps", "3",
                                  "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "8",
                                  "--lr", "0.05", "--set", "train.warmup_ratio=0",
-                                 "--set", "train.grader_workers=0", *VLLM_SETS])
+                                 "--set", "train.grader_workers=0", "--set", f"model.dtype={dtype}", *VLLM_SETS])
     assert result.exit_code == 0, result.output
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]

@@ -36,7 +36,7 @@ class BenchConfig:
     seed: int = 0
     lora_rank: int = 4
     memory: bool = True
-    memory_updates: int = 2  # update steps in the memory probe (the second holds optimizer state too)
+    memory_updates: int = 2  # update steps of full in the memory probe (the second holds AdamW state too)
     # Peak memory also at these completion lengths / numbers of layers (synthetic models only for
     # layers); empty = completion_len and the model's own depth.
     memory_lengths: tuple[int, ...] = ()

@@ -65,7 +65,9 @@ def _memory_child(model_path: str, setup: str, cfg_dict: dict[str, Any], device_
         # One micro-batch: the peak is that of one forward/backward pass (gradients accumulate in place).
         seqs = synthetic_batch(model.config.vocab_size, replace(cfg, sequences=cfg.micro_batch_size))
         trainable, optimizer = prepare(model, setup, cfg)
-        for _ in range(cfg.memory_updates):
+        # Full fine-tuning peaks in its second step (AdamW state beside gradients and activations);
+        # the others' optimizer state is tiny, so their first step is their peak.
+        for _ in range(cfg.memory_updates if setup == "full" else 1):
             update(trainable, optimizer, seqs, cfg, device)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -34,6 +34,7 @@ FLAG_NAMES: dict[str, str] = {
     "train.lr": "--lr",
     "train.save_every": "--save-every",
     "train.seed": "--seed",
+    "train.fsdp": "--fsdp",
     "rollout.num_generations": "--num-generations",
     "rollout.max_new_tokens": "--max-new-tokens",
     "rollout.backend": "--backend",

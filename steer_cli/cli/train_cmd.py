@@ -27,6 +27,7 @@ def train_command(
     save_every: Optional[int] = typer.Option(None, "--save-every", help=doc("train.save_every")),
     backend: Optional[str] = typer.Option(None, "--backend", help=doc("rollout.backend")),
     seed: Optional[int] = typer.Option(None, "--seed", help=doc("train.seed")),
+    fsdp: bool = typer.Option(False, "--fsdp", help=doc("train.fsdp")),
     resume: bool = typer.Option(False, "--resume", help=doc("output.resume")),
     overwrite: bool = typer.Option(False, "--overwrite", help=doc("output.overwrite")),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=doc("model.trust_remote_code")),
@@ -40,7 +41,7 @@ def train_command(
         "output.output_dir": output_dir, "train.max_steps": max_steps,
         "train.prompts_per_step": prompts_per_step, "rollout.num_generations": num_generations,
         "rollout.max_new_tokens": max_new_tokens, "train.lr": lr, "train.save_every": save_every,
-        "rollout.backend": backend, "train.seed": seed,
+        "rollout.backend": backend, "train.seed": seed, "train.fsdp": fsdp or None,
         "output.resume": resume or None, "output.overwrite": overwrite or None,
         "model.trust_remote_code": trust_remote_code or None,
     }

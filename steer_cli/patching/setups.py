@@ -29,6 +29,9 @@ class Trainable:
     params: list[nn.Parameter]
     steering: Optional[SteeringHandle] = None
     info: dict[str, Any] = field(default_factory=dict)
+    # Float32 master weights computed in this dtype (setup full in bfloat16): forward passes run
+    # under torch.autocast, as DeepSpeed's bf16 mode keeps float32 copies for the optimizer.
+    autocast_dtype: Optional[torch.dtype] = None
 
     @property
     def num_trainable(self) -> int:
@@ -38,6 +41,26 @@ class Trainable:
         if self.steering is not None:
             return {"vectors": self.steering.vectors}
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def autocast(self) -> Any:
+        """Context for every forward pass of the policy (update and generation)."""
+        import contextlib
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def generation(self) -> Any:
+        """Context for generating with the policy: autocast, and a sharded model gathered whole."""
+        import contextlib
+
+        from steer_cli.train.fsdp import gathered
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.autocast())
+        stack.enter_context(gathered(self.model))
+        return stack
 
     def reference(self) -> Any:
         """Context manager running the frozen base policy (for the KL term), no second copy."""

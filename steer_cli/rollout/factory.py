@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from steer_cli.errors import SteerError
 from steer_cli.rollout.base import Completion, SamplingSpec
 from steer_cli.settings import Settings
 
@@ -13,12 +14,29 @@ from steer_cli.settings import Settings
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def _engine_dtype(dtype: str) -> str:
-    if dtype != "auto":
-        return dtype
+def engine_dtype(dtype: str) -> str:
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+    name = dtype if dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+    check_engine_dtype(name)
+    return name
+
+
+def check_engine_dtype(name: str, platform: Any = None) -> None:
+    """A one-line error where vLLM's platform here cannot run ``name`` (e.g. bfloat16 on a CPU
+    without bfloat16 support), before an engine starts and fails deep inside."""
+    import torch
+
+    if platform is None:
+        from vllm.platforms import current_platform as platform
+    supported = getattr(platform, "supported_dtypes", None)
+    if supported is not None and getattr(torch, name) not in supported:
+        where = getattr(platform, "device_name", "this")
+        raise SteerError(
+            f"model.dtype = {name}: vLLM's {where} backend cannot run {name} on this machine "
+            f"(it supports {', '.join(str(d).removeprefix('torch.') for d in supported)}); "
+            "use --set model.dtype=float32 or --backend hf"
+        )
 
 
 def _start(settings: Settings, model_path: str, *, max_model_len: int | None, enable_lora: bool = False,
@@ -29,7 +47,7 @@ def _start(settings: Settings, model_path: str, *, max_model_len: int | None, en
     rank = next((r for r in _VLLM_LORA_RANKS if r >= lora_rank), _VLLM_LORA_RANKS[-1])
     return VLLMBackend(
         model_path,
-        dtype=_engine_dtype(settings.model.dtype),
+        dtype=engine_dtype(settings.model.dtype),
         gpu_memory_utilization=v.gpu_memory_utilization,
         tensor_parallel_size=v.tensor_parallel_size,
         max_model_len=v.max_model_len or max_model_len,
@@ -73,7 +91,13 @@ class VLLMTrainingBackend:
 
                 shutil.rmtree(Path(self._tmp.name) / f"adapter-{self._adapters - 1}", ignore_errors=True)
         else:
-            self.engine.load_weights((n, p.detach()) for n, p in trainable.model.state_dict().items())
+            from steer_cli.train.fsdp import full_weights, is_sharded
+
+            if is_sharded(trainable.model):
+                # Every process gathers whole parameters one at a time (a collective) for its engine.
+                self.engine.load_weights(list(full_weights(trainable.model)))
+            else:
+                self.engine.load_weights((n, p.detach()) for n, p in trainable.model.state_dict().items())
 
     def close(self) -> None:
         self.engine.close()

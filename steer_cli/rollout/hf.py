@@ -3,8 +3,9 @@ model (steering hooks, a LoRA) active."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from transformers import GenerationConfig
@@ -34,10 +35,14 @@ def split_completion(ids: Sequence[int], stop_ids: set[int], pad_id: int | None)
 class HFBackend:
     """``RolloutBackend`` on a transformers model (possibly peft-wrapped, possibly steered)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_prompts: int = 8) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, batch_prompts: int = 8,
+                 context: Callable[[], ContextManager[Any]] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_prompts = batch_prompts
+        # Entered around each generate call: autocast for float32 master weights, a sharded
+        # model gathered whole (``Trainable.generation``).
+        self.context = context or contextlib.nullcontext
 
     @property
     def device(self) -> torch.device:
@@ -49,9 +54,10 @@ class HFBackend:
         """``first_index`` is the global index of ``prompts[0]``: chunks are seeded by it, so a
         prompt gets the same samples whichever process or batch it lands in (given equal chunks)."""
         results: list[list[Completion]] = []
-        for start in range(0, len(prompts), self.batch_prompts):
-            chunk = prompts[start:start + self.batch_prompts]
-            results.extend(self._generate_chunk(chunk, sampling, chunk_seed(sampling.seed, first_index + start)))
+        with self.context():
+            for start in range(0, len(prompts), self.batch_prompts):
+                chunk = prompts[start:start + self.batch_prompts]
+                results.extend(self._generate_chunk(chunk, sampling, chunk_seed(sampling.seed, first_index + start)))
         return results
 
     def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec,

@@ -76,6 +76,12 @@ def completion_logprobs(model: Any, packed: Packed, temperature: float = 1.0, ch
                   position_ids=packed.position_ids, use_cache=False)
     split = split_unembedding(model) if chunk_tokens > 0 else None
     if split is not None:
+        from steer_cli.train.fsdp import is_sharded, logprob_head
+
+        if is_sharded(model):
+            # The head's weight is whole only inside the sharded root's forward: compute there.
+            with logprob_head(model, packed.targets, temperature, chunk_tokens):
+                return model(**inputs, logits_to_keep=keep).logits
         body, weight = split
         hidden = body(**inputs).last_hidden_state[:, -keep:-1]
         return chunked_token_logprobs(hidden, weight, packed.targets, temperature, chunk_tokens)

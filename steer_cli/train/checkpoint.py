@@ -28,12 +28,20 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
 
-def write_trained(directory: Path, trainable: Any, *, vectors_meta: dict[str, Any], tokenizer: Any = None) -> None:
-    """Write what the setup trains into ``directory`` (which exists)."""
+def write_trained(directory: Path, trainable: Any, *, vectors_meta: dict[str, Any], tokenizer: Any = None,
+                  model_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write what the setup trains into ``directory`` (which exists). ``model_state``: the gathered
+    weights of a sharded (FSDP) model."""
     if trainable.kind == "steering":
         save_vectors(directory / "vectors.safetensors", trainable.steering.vectors, **vectors_meta)
     elif trainable.kind == "lora":
         trainable.model.save_pretrained(str(directory / "adapter"), safe_serialization=True)
+    elif model_state is not None:
+        from steer_cli.train.fsdp import save_pretrained_gathered
+
+        save_pretrained_gathered(trainable.model, model_state, directory / "model")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory / "model"))
     else:
         trainable.model.save_pretrained(str(directory / "model"), safe_serialization=True)
         if tokenizer is not None:
@@ -51,28 +59,35 @@ def save_checkpoint(
     vectors_meta: dict[str, Any],
     tokenizer: Any = None,
     name: str | None = None,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
+    """``model_state``/``optimizer_state``: gathered from a sharded (FSDP) model; the optimizer's is
+    then keyed by parameter name (``torch.distributed.checkpoint`` form)."""
     target = out_dir / (name or f"checkpoint-{step}")
 
     def extra(tmp: Path) -> None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        optim = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), "fsdp": optimizer_state is not None},
+                   tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
 
     state = dict(state, python_rng=_py_rng_state(), numpy_rng=_np_rng_state())
-    return _write_dir(target, step, trainable, state, vectors_meta, tokenizer, extra)
+    return _write_dir(target, step, trainable, state, vectors_meta, tokenizer, extra, model_state)
 
 
 def save_final(out_dir: Path, step: int, trainable: Any, state: dict[str, Any], *,
-               vectors_meta: dict[str, Any], tokenizer: Any = None) -> Path:
+               vectors_meta: dict[str, Any], tokenizer: Any = None,
+               model_state: dict[str, torch.Tensor] | None = None) -> Path:
     """``final/``: what was trained and the trainer's counters (no optimizer state)."""
-    return _write_dir(out_dir / "final", step, trainable, state, vectors_meta, tokenizer, None)
+    return _write_dir(out_dir / "final", step, trainable, state, vectors_meta, tokenizer, None, model_state)
 
 
 def _write_dir(target: Path, step: int, trainable: Any, state: dict[str, Any], vectors_meta: dict[str, Any],
-               tokenizer: Any, extra: Any) -> Path:
+               tokenizer: Any, extra: Any, model_state: dict[str, torch.Tensor] | None = None) -> Path:
     try:
         with atomic_dir(target) as tmp:
-            write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer)
+            write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer, model_state=model_state)
             if extra is not None:
                 extra(tmp)
             (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=2))
@@ -133,8 +148,12 @@ def prune_checkpoints(out_dir: Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore trained parameters, optimizer, scheduler and RNG; returns the trainer state."""
+def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer, scheduler: Any, *,
+                    sharded: bool = False, main: bool = True) -> dict[str, Any]:
+    """Restore trained parameters, optimizer, scheduler and RNG; returns the trainer state.
+
+    ``sharded``: the model is FSDP-sharded; every process calls this, the ``main`` one reads the
+    gathered weights and optimizer state and they are scattered to all."""
     try:
         state = json.loads((path / STATE_FILE).read_text())
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -150,24 +169,37 @@ def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer
 
         weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
         set_peft_model_state_dict(trainable.model, weights)
-    else:
-        from safetensors.torch import load_file
+    elif sharded:
+        from steer_cli.train.fsdp import load_model_state, load_optimizer_state
 
-        model_dir = path / "model"
-        files = sorted(model_dir.glob("*.safetensors"))
-        merged: dict[str, torch.Tensor] = {}
-        for f in files:
-            merged.update(load_file(str(f)))
+        if not opt.get("fsdp"):
+            raise SteerError(f"checkpoint {path} was written without FSDP; resume it without --fsdp")
+        load_model_state(trainable.model, _read_model_dir(path / "model") if main else {})
+        load_optimizer_state(trainable.model, optimizer, opt["optimizer"] if main else {})
+    else:
+        if opt.get("fsdp"):
+            raise SteerError(f"checkpoint {path} was written with FSDP; resume it with --fsdp")
+        merged = _read_model_dir(path / "model")
         missing, unexpected = trainable.model.load_state_dict(merged, strict=False)
         real_missing = [k for k in missing if k not in getattr(trainable.model, "_tied_weights_keys", {})]
         if unexpected or (real_missing and not merged):
             raise SteerError(f"checkpoint {path} does not match the model (unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(opt["optimizer"])
+    if not sharded:
+        optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     torch.set_rng_state(rng["torch"])
     _set_py_rng_state(state.get("python_rng"))
     _set_np_rng_state(state.get("numpy_rng"))
     return state
+
+
+def _read_model_dir(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    merged: dict[str, torch.Tensor] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        merged.update(load_file(str(f)))
+    return merged
 
 
 def _py_rng_state() -> list[Any]:

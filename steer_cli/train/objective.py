@@ -89,10 +89,20 @@ class _ChunkedLogprobs(torch.autograd.Function):
             out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
+        # Backward recomputes the logits under the same autocast as this forward (master weights).
+        kind = hidden.device.type
+        ctx.autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
+        if ctx.autocast is None:
+            return _ChunkedLogprobs._backward(ctx, grad_out)
+        with torch.autocast(ctx.saved_tensors[0].device.type, dtype=ctx.autocast):
+            return _ChunkedLogprobs._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):  # type: ignore[no-untyped-def]
         hidden, weight, targets, lse = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -111,7 +121,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 grad_logits = grad_logits / temperature
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[s:s + chunk] = grad_logits @ weight
+                grad_hidden[s:s + chunk] = (grad_logits @ weight).to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight += (grad_logits.T @ h).float()
         if grad_weight is not None:

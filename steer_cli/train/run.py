@@ -50,6 +50,10 @@ def check_training_settings(s: Settings) -> None:
         problems.append("rollout.temperature must be > 0 for training (log-probs use logits / T)")
     if s.output.resume and s.output.overwrite:
         problems.append("--resume and --overwrite contradict each other; pick one")
+    if s.train.fsdp and s.setup.kind != "full":
+        problems.append(
+            f"train.fsdp (--fsdp) shards full fine-tuning; setup.kind = {s.setup.kind} (--setup) trains "
+            f"{'vectors' if s.setup.kind == 'steering' else 'an adapter'} small enough to replicate: drop --fsdp")
     if problems:
         raise SteerError("invalid settings:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
 
@@ -257,16 +261,22 @@ class Trainer:
         from steer_cli.models import load_config
         from steer_cli.patching.archs import arch_for_config
 
-        arch_for_config(load_config(s.model.name, revision=s.model.revision,
-                                    trust_remote_code=s.model.trust_remote_code))
+        config = load_config(s.model.name, revision=s.model.revision, trust_remote_code=s.model.trust_remote_code)
+        arch_for_config(config)
         torch.manual_seed(s.train.seed)
         np.random.seed(s.train.seed % 2**32)
         self.tokenizer = load_tokenizer(s.model.name, revision=s.model.revision,
                                         trust_remote_code=s.model.trust_remote_code)
         self.examples, self.data_counts = load_examples(s, self.tokenizer)
         self.stop_ids = stop_token_ids(self.tokenizer, s.prompt.stop)
-        model = load_causal_lm(s.model.name, dtype=s.model.dtype, device=self.acc.device, revision=s.model.revision,
-                               trust_remote_code=s.model.trust_remote_code,
+        from steer_cli.models import pick_dtype
+
+        compute = pick_dtype(s.model.dtype, self.acc.device, config)
+        # Full fine-tuning in bf16/fp16 keeps float32 master weights (DeepSpeed's bf16 mode does, in
+        # the reference): an AdamW step of lr 1e-6 is below bfloat16's resolution at the weights.
+        master = s.setup.kind == "full" and compute != torch.float32 and s.train.master_float32
+        model = load_causal_lm(s.model.name, dtype="float32" if master else s.model.dtype, device=self.acc.device,
+                               revision=s.model.revision, trust_remote_code=s.model.trust_remote_code,
                                attn_implementation=s.model.attn_implementation)
         if s.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -278,9 +288,17 @@ class Trainer:
             lora_rank=s.setup.lora.rank, lora_alpha=s.setup.lora.alpha, lora_dropout=s.setup.lora.dropout,
             lora_init=s.setup.lora.init,
         )
+        self.fsdp = s.train.fsdp
+        if self.fsdp:
+            from steer_cli.train.fsdp import shard_model
+
+            shard_model(self.trainable.model, compute, self.acc.device)
+            self.trainable.params = [p for p in self.trainable.model.parameters() if p.requires_grad]
+        elif master:
+            self.trainable.autocast_dtype = compute
         from steer_cli.patching.archs import locate
 
-        self.unembed_hash = unembed_sha256(locate(model).unembed.weight)
+        self.unembed_hash = unembed_sha256(_whole(locate(model).unembed.weight))
         per_epoch = len(self.examples) // s.train.prompts_per_step
         self.total_steps = s.train.max_steps or max(1, int(s.train.epochs * per_epoch))
         self.save_every = s.train.save_every or max(1, math.ceil(self.total_steps / 6))
@@ -297,6 +315,10 @@ class Trainer:
         )
         self.order = DataOrder(len(self.examples), s.train.seed, s.data.shuffle)
         self.data_fingerprint = hashlib.sha256("\n".join(e.id for e in self.examples).encode()).hexdigest()[:16]
+        if s.rollout.backend == "vllm":
+            from steer_cli.rollout.factory import engine_dtype
+
+            engine_dtype(s.model.dtype)  # a dtype vLLM cannot run here fails before anything is written
         if self.main:
             init_output_dir(self.out_dir, s, continues=self.continues)
         self.acc.wait_for_everyone()
@@ -306,7 +328,8 @@ class Trainer:
         if self.s.rollout.backend == "hf":
             from steer_cli.rollout.hf import HFBackend
 
-            return HFBackend(self.trainable.model, self.tokenizer, batch_prompts=self.s.rollout.batch_prompts)
+            return HFBackend(self.trainable.model, self.tokenizer, batch_prompts=self.s.rollout.batch_prompts,
+                             context=self.trainable.generation)
         from steer_cli.rollout.factory import make_vllm_backend
 
         return make_vllm_backend(self.s, self.trainable, max_prompt_len=max(len(e.prompt_ids) for e in self.examples))
@@ -332,12 +355,15 @@ class Trainer:
             budget = min(budget, self.s.rollout.max_seq_length - max(len(p) for p in prompts))
         return max(1, budget)
 
-    def _sum_across(self, values: list[float]) -> list[float]:
+    def _sum_across(self, values: list[float], op: Any = None) -> list[float]:
         if self.world == 1:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
-        torch.distributed.all_reduce(t)
+        torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
         return t.tolist()
+
+    def _max_across(self, values: list[float]) -> list[float]:
+        return self._sum_across(values, torch.distributed.ReduceOp.MAX if self.world > 1 else None)
 
     def _reduce_grads(self) -> None:
         """Sum gradients across processes. A parameter without a gradient (every advantage of the
@@ -346,7 +372,7 @@ class Trainer:
         for p in self.trainable.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if self.world == 1:
+        if self.world == 1 or self.fsdp:  # FSDP reduce-scatters (sums) gradients in backward
             return
         grads = [p.grad for p in self.trainable.params]
         flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
@@ -364,6 +390,8 @@ class Trainer:
 
         s = self.s
         t_start = time.perf_counter()
+        if self.acc.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.acc.device)
         per_rank = s.train.prompts_per_step // self.world
         global_idx = self.order.indices(step, s.train.prompts_per_step)
         local_idx = global_idx[self.rank * per_rank:(self.rank + 1) * per_rank]
@@ -398,19 +426,22 @@ class Trainer:
         else:
             seqs = [x for x in seqs if x[1]]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        min_micro = 0
+        if self.fsdp:  # every pass is a collective: all processes run as many
+            (min_micro,) = self._max_across([float(math.ceil(len(seqs) / s.train.micro_batch_size))])
         loss_sum, kl_sum = accumulate_policy_gradients(
             self.trainable, seqs, global_tokens=global_tokens, temperature=s.rollout.temperature,
             micro_batch_size=s.train.micro_batch_size, pad_id=pad_id, device=self.acc.device,
             kl_coef=s.train.kl_coef, train_mode=s.model.gradient_checkpointing,
-            logprob_chunk_tokens=s.train.logprob_chunk_tokens,
+            logprob_chunk_tokens=s.train.logprob_chunk_tokens, min_micro_batches=int(min_micro),
         )
         self._reduce_grads()
         loss_global, kl_global = self._sum_across([loss_sum, kl_sum])
         params = self.trainable.params
         if s.train.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.train.max_grad_norm))
+            grad_norm = float(_whole(torch.nn.utils.clip_grad_norm_(params, s.train.max_grad_norm)))
         else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+            grad_norm = float(_whole(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])))
         finite = math.isfinite(grad_norm) and math.isfinite(loss_global)
         maybe_die("update", step + 1)
         lr = self.scheduler.get_last_lr()[0]
@@ -493,6 +524,11 @@ class Trainer:
         }
         if shared["kl"] is not None:
             m["kl"] = shared["kl"]
+        if getattr(self, "_state_bytes", None) is None and self.optimizer.state:  # fixed once state exists
+            self._state_bytes = training_state_bytes(self.trainable.params, self.optimizer)
+        m["state_bytes_per_process"] = getattr(self, "_state_bytes", None)
+        if self.acc.device.type == "cuda":
+            m["gpu_memory_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.acc.device))
         if self.trainable.steering is not None:
             norms = self.trainable.steering.vectors.detach().norm(dim=-1)
             m["vector_norms"] = [round(float(x), 6) for x in norms]
@@ -512,19 +548,31 @@ class Trainer:
             "consecutive_nonfinite": self.consecutive_nonfinite,
         }
 
+    def _gathered(self, optimizer: bool) -> tuple[Any, Any]:
+        """Whole weights (and optimizer state) of a sharded model; every process must call this."""
+        if not self.fsdp:
+            return None, None
+        from steer_cli.train.fsdp import full_state_dict, optimizer_state
+
+        model_state = full_state_dict(self.trainable.model)
+        optim_state = optimizer_state(self.trainable.model, self.optimizer) if optimizer else None
+        return model_state, optim_state
+
     def _save(self, step: int) -> None:
+        model_state, optim_state = self._gathered(optimizer=True)
         if self.main:
             save_checkpoint(self.out_dir, step, self.trainable, self.optimizer, self.scheduler,
                             self._trainer_state(step), vectors_meta=self.vectors_meta(step),
-                            tokenizer=self.tokenizer)
+                            tokenizer=self.tokenizer, model_state=model_state, optimizer_state=optim_state)
             prune_checkpoints(self.out_dir, self.s.train.keep_last)
         self.acc.wait_for_everyone()
 
     def _save_final(self, step: int) -> Path:
         final = self.out_dir / "final"
+        model_state, _ = self._gathered(optimizer=False)
         if self.main:
             save_final(self.out_dir, step, self.trainable, self._trainer_state(step),
-                       vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer)
+                       vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer, model_state=model_state)
         self.acc.wait_for_everyone()
         return final
 
@@ -533,7 +581,8 @@ class Trainer:
             remove_partial_checkpoints(self.out_dir)
         ckpt = latest_checkpoint(self.out_dir)
         assert ckpt is not None  # check_output_dir made sure (self.continues)
-        state = load_checkpoint(ckpt, self.trainable, self.optimizer, self.scheduler)
+        state = load_checkpoint(ckpt, self.trainable, self.optimizer, self.scheduler, sharded=self.fsdp,
+                                main=self.main)
         if state.get("data_fingerprint") != self.data_fingerprint:
             raise SteerError(
                 f"--resume: the training problems differ from those of the run in {self.out_dir} "
@@ -592,6 +641,29 @@ class Trainer:
         return (f"{self.s.model.name} · {self.s.setup.kind} ({t.num_trainable:,} trainable) · "
                 f"{len(self.examples)} problems{dropped} · {self.total_steps} steps x {self.s.train.prompts_per_step} "
                 f"prompts x {self.s.rollout.num_generations} samples · {self.world} process(es) · {self.out_dir}")
+
+
+def training_state_bytes(params: list[Any], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this process holds of the trained parameters, their gradients (as float32 or the
+    parameter's dtype) and the optimizer state: under FSDP one shard of each."""
+    def local(t: Any) -> Any:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def nbytes(t: Any) -> int:
+        t = local(t)
+        return t.numel() * t.element_size()
+
+    out = {"parameters": sum(nbytes(p) for p in params), "gradients": sum(nbytes(p) for p in params),
+           "optimizer": sum(nbytes(v) for st in optimizer.state.values() for k, v in st.items()
+                            if torch.is_tensor(v) and k != "step")}
+    out["total"] = out["parameters"] + out["gradients"] + out["optimizer"]
+    return out
+
+
+def _whole(t: Any) -> Any:
+    """A DTensor (a sharded parameter or a norm over sharded gradients) as one plain tensor."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

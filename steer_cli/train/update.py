@@ -21,12 +21,15 @@ def accumulate_policy_gradients(
     kl_coef: float = 0.0,
     train_mode: bool = False,
     logprob_chunk_tokens: int = 0,
+    min_micro_batches: int = 0,
 ) -> tuple[float, float]:
     """Backward of -sum_i A_i sum_t log pi / global_tokens (+ kl_coef * k3 KL), micro-batch by micro-batch.
 
     Gradients accumulate in the trainable parameters; returns the summed loss and KL values.
     ``train_mode`` puts the model in train mode for the pass (needed for gradient checkpointing);
     ``logprob_chunk_tokens`` bounds the logits held at once (``batch.completion_logprobs``).
+    ``min_micro_batches`` pads with passes of weight zero up to that many micro-batches: under FSDP
+    every pass is a collective, so all processes must run as many.
     """
     from steer_cli.train import batch
     from steer_cli.train.objective import kl_penalty, policy_loss
@@ -35,18 +38,22 @@ def accumulate_policy_gradients(
     if train_mode:
         model.train()
     loss_sum, kl_sum = 0.0, 0.0
+    chunks = [seqs[start:start + micro_batch_size] for start in range(0, len(seqs), micro_batch_size)]
+    # A one-token pair with advantage 0 (and no KL weight) adds exactly nothing to the gradient.
+    padding = [[([pad_id], [pad_id], 0.0)]] * max(0, min_micro_batches - len(chunks))
     try:
-        for start in range(0, len(seqs), micro_batch_size):
-            chunk = seqs[start:start + micro_batch_size]
+        for index, chunk in enumerate(chunks + padding):
+            real = index < len(chunks)
             packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(device)
             adv = torch.tensor([c[2] for c in chunk], dtype=torch.float32, device=device)
-            logp = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
+            with trainable.autocast():
+                logp = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
             mask = packed.completion_mask
             loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
             if kl_coef > 0:
-                with torch.no_grad(), trainable.reference():
+                with torch.no_grad(), trainable.reference(), trainable.autocast():
                     ref = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
-                kl = kl_penalty(logp, ref, mask, global_tokens)
+                kl = kl_penalty(logp, ref, mask if real else torch.zeros_like(mask), global_tokens)
                 kl_sum += float(kl.detach())
                 loss = loss + kl_coef * kl
             loss.backward()
