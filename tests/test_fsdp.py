@@ -17,10 +17,12 @@ from typer.testing import CliRunner
 from steer_cli.cli import _register, app
 
 _register()
-# The demo model with its demo preset; 48 new tokens so that some answers get boxed and graded.
+# The demo model with its demo preset (demo/demo/full); 48 new tokens so that some answers get boxed
+# and graded; micro-batches of one prompt's 4 completions, as each of two processes holds, so that one
+# process sums the same micro-batches as two.
 ARGS = ["train", "--setup", "full", "--max-steps", "3", "--save-every", "2", "--prompts-per-step", "2",
         "--num-generations", "4", "--max-new-tokens", "48", "--lr", "1e-3", "--set", "rollout.batch_prompts=1",
-        "--set", "train.grader_workers=0", "--set", "train.warmup_ratio=0"]
+        "--set", "train.grader_workers=0", "--set", "train.warmup_ratio=0", "--set", "train.micro_batch_size=4"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
