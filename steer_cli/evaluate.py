@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -316,7 +317,7 @@ class Protocol:
     temperature: float
     top_p: float
     seeds: list[int]
-    max_new_tokens: int
+    max_new_tokens: Optional[int]  # None: each prompt gets the rest of max_seq_length
     max_seq_length: Optional[int]
     samples_setting: Optional[int]
     mean_k: int
@@ -339,9 +340,14 @@ def resolve_protocol(settings: Settings, target: Target) -> Protocol:
         raise SteerError("no evaluation seeds; pass --seeds such as 0,1,2")
     if temperature == 0.0:
         seeds = seeds[:1]  # greedy decoding is deterministic: more seeds repeat the same answers
+    # The paper evaluates in a context of eval.max_seq_length (4K Qwen2.5-Math/OLMo, 32K others):
+    # each prompt may generate the rest of it. The training budget applies only when neither
+    # eval.max_new_tokens nor eval.max_seq_length is set.
+    max_new_tokens = e.max_new_tokens
+    if max_new_tokens is None and e.max_seq_length is None:
+        max_new_tokens = settings.rollout.max_new_tokens
     return Protocol(
-        temperature=float(temperature), top_p=e.top_p, seeds=seeds,
-        max_new_tokens=e.max_new_tokens or settings.rollout.max_new_tokens,
+        temperature=float(temperature), top_p=e.top_p, seeds=seeds, max_new_tokens=max_new_tokens,
         max_seq_length=e.max_seq_length, samples_setting=e.samples, mean_k=e.mean_k,
     )
 
@@ -371,6 +377,7 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         "append_to": p.append_to, "stop": list(p.stop),
         "temperature": proto.temperature, "top_p": proto.top_p if not proto.greedy else None,
         "samples": None if proto.greedy else proto.samples_setting,
+        "grade_truncated_box": settings.train.grade_truncated_box,
         "limit": settings.eval.limit, "max_new_tokens": proto.max_new_tokens,
         "max_seq_length": proto.max_seq_length,
         "fields": fields.describe() if fields else None,
@@ -583,15 +590,31 @@ class _Models:
                     if i not in keep:
                         tensor[i].zero_()
         model_path = str(target.weights) if target.weights else resolve_model(self.s.model.name)
-        backend = make_eval_backend(self.s, model_path, vectors=tensor,
-                                    adapter=str(target.adapter) if target.adapter else None,
-                                    place=vectors.place if vectors is not None else "layer_output")
-        try:
-            yield backend
-        finally:
-            close = getattr(backend, "close", None)
-            if close:
-                close()
+        with tempfile.TemporaryDirectory(prefix="steer-eval-lora-") as tmp:
+            adapter = self._plain_adapter(target.adapter, Path(tmp)) if target.adapter else None
+            backend = make_eval_backend(self.s, model_path, vectors=tensor, adapter=adapter,
+                                        place=vectors.place if vectors is not None else "layer_output")
+            try:
+                yield backend
+            finally:
+                close = getattr(backend, "close", None)
+                if close:
+                    close()
+
+    def _plain_adapter(self, adapter: Path, tmp: Path) -> str:
+        """vLLM puts an adapter on the original weights. Training writes PiSSA adapters converted
+        for that; an unconverted one (saved as trained, for W - B0 A0) is converted here, on a CPU
+        copy of the base model. (The hf backend loads either kind as it is: peft reruns PiSSA.)"""
+        from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
+
+        if not is_pissa_adapter(adapter):
+            return str(adapter)
+        from steer_cli.models import load_causal_lm
+
+        m = self.s.model
+        base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
+                              trust_remote_code=m.trust_remote_code)
+        return str(convert_pissa_adapter(base, adapter, tmp / "adapter"))
 
 
 def vllm_factory() -> Callable[..., Any]:
@@ -652,18 +675,21 @@ class _Reporter:
 
 def generate_benchmark(
     backend: Any, grader: Any, prompts: Sequence[Sequence[int]], problems: Sequence[Problem],
-    sampling: Any, *, max_seq_length: Optional[int], chunk: int, advance: Callable[[int], None] = lambda n: None,
+    sampling: Any, *, max_new_tokens: Optional[int], max_seq_length: Optional[int], chunk: int,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
     """Sample, grade and return one results line per problem. Prompts go in chunks seeded by their
-    index (the backend's ``first_index``), so results do not depend on the chunk size; each chunk's
-    budget is min(max_new_tokens, max_seq_length - its longest prompt)."""
+    index (the backend's ``first_index``), so results do not depend on the chunk size; each prompt's
+    budget is its own (``completion_budgets``: max_seq_length minus its length, capped by
+    max_new_tokens when set), whatever else shares its chunk."""
+    from steer_cli.rollout.base import completion_budgets
+
     lines: list[dict[str, Any]] = []
     for start in range(0, len(prompts), chunk):
         part = prompts[start:start + chunk]
-        budget = sampling.max_new_tokens
-        if max_seq_length:
-            budget = max(1, min(budget, max_seq_length - max(len(p) for p in part)))
-        groups = backend.generate(part, replace(sampling, max_new_tokens=budget), first_index=start)
+        budgets = completion_budgets([len(p) for p in part], max_new_tokens, max_seq_length)
+        groups = backend.generate(part, replace(sampling, max_new_tokens=max(budgets), budgets=budgets),
+                                  first_index=start)
         items = [(c.text, problems[start + i].answer) for i, g in enumerate(groups) for c in g]
         grades = iter(grader.grade(items))
         for i, group in enumerate(groups):
@@ -674,7 +700,7 @@ def generate_benchmark(
                 samples.append({"text": c.text, "correct": bool(g.correct), "length": len(c.token_ids),
                                 "stopped": bool(c.stopped), "has_answer": bool(g.has_answer)})
             lines.append({"index": start + i, "id": p.id, "problem": p.problem, "answer": p.answer,
-                          "prompt_length": len(part[i]), "max_new_tokens": budget, "samples": samples})
+                          "prompt_length": len(part[i]), "max_new_tokens": budgets[i], "samples": samples})
         advance(len(part))
     return lines
 
@@ -785,12 +811,13 @@ def evaluate(
     if any(plan.todo for plan in plans):  # a re-run with nothing left to do skips loading transformers
         if settings.rollout.backend == "vllm":
             vllm_factory()  # fail before writing anything
-        from steer_cli.data.prompts import render_prompt, stop_token_ids
+        from steer_cli.data.prompts import completion_stop_ids, render_prompt
         from steer_cli.models import load_tokenizer
 
         tokenizer = load_tokenizer(settings.model.name, revision=settings.model.revision,
                                    trust_remote_code=settings.model.trust_remote_code)
-        stop_ids = stop_token_ids(tokenizer, p.stop)
+        stop_ids = completion_stop_ids(tokenizer, p.stop, settings.model.name, revision=settings.model.revision,
+                                       trust_remote_code=settings.model.trust_remote_code)
         prompts = {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
                                           fmt=p.format, append_to=p.append_to) for x in b.problems]
                    for b in benches}
@@ -824,17 +851,17 @@ def evaluate(
 
                     grader = stack.enter_context(rewards.Grader(
                         num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
-                        template=p.template))
+                        template=p.template, truncated_box_fallback=settings.train.grade_truncated_box))
                 with models.backend(t, plan.vectors) as backend:
                     for b, seed in plan.todo:
                         n = proto.samples(b)
                         sampling = SamplingSpec(n=n, temperature=proto.temperature, top_p=proto.top_p,
-                                                top_k=-1, max_new_tokens=proto.max_new_tokens,
-                                                stop_token_ids=stop_ids, seed=seed)
+                                                top_k=-1, stop_token_ids=stop_ids, seed=seed)
                         label = f"{t.label} · {b.display} · seed {seed} · {n} sample{'s' if n > 1 else ''}"
                         started = time.perf_counter()
                         advance = reporter.task(label, len(b.problems))
                         lines = generate_benchmark(backend, grader, prompts[b.name], b.problems, sampling,
+                                                   max_new_tokens=proto.max_new_tokens,
                                                    max_seq_length=proto.max_seq_length, chunk=chunk,
                                                    advance=advance)
                         reporter.finish_task()

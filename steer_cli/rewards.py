@@ -4,8 +4,10 @@ Follows the paper's code: the prediction is the last ``\\boxed{...}`` (``<answer
 for the r1 template), the gold answer is ``\\boxed{answer}``, and the check is
 ``math_verify.verify(parse(gold), parse(pred))`` with the library's default options. Small
 departures, all on malformed output: escaped braces (``\\{``) do not count when matching a box,
-a last box that never closes falls back to the previous complete one, ``\\boxed 5`` counts, and
-an ``<answer>`` block that holds a box is read through the box.
+``\\boxed 5`` counts, and an ``<answer>`` block that holds a box is read through the box. As in the
+reference, a last ``\\boxed{`` that never closes (truncated output) has no answer; with
+``truncated_box_fallback`` (setting ``train.grade_truncated_box``) the last complete box before it
+is graded instead.
 
 math-verify's own timeouts use ``signal.alarm``: they work only in the main thread, and cannot stop
 work stuck inside C code (a huge integer power, say). ``is_correct`` therefore keeps the library
@@ -86,10 +88,14 @@ def _brace_content(text: str, open_pos: int) -> str:
     return text[open_pos + 1 : close.start()]
 
 
-def _last_complete_box(text: str, command: str) -> str | None:
+_UNCLOSED = object()  # the last box never closes, and no fallback was asked for
+
+
+def _last_complete_box(text: str, command: str, fallback: bool = True) -> Any:
     """Walks the occurrences of `command` from the last one back, keeping the lowest prefix brace
     balance of the text after the current one: its `{` closes iff that balance goes below zero.
-    Each character is looked at a bounded number of times, so this is linear."""
+    Each character is looked at a bounded number of times, so this is linear. Without
+    ``fallback`` the last occurrence decides: its content, or ``_UNCLOSED``."""
     needle = "\\" + command
     n = len(text)
     search_end = n
@@ -112,21 +118,28 @@ def _last_complete_box(text: str, command: str) -> str | None:
             tok = _TOKEN_RE.match(text, arg)
             if tok is not None:
                 return tok.group().rstrip(".,;")
+        if not fallback:
+            return _UNCLOSED
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{...}` (nested braces matched), else of `\\fbox{...}`.
+def extract_boxed(text: str, *, truncated_box_fallback: bool = False) -> str | None:
+    """Content of the last `\\boxed{...}` (nested braces matched); `\\fbox{...}` where there is no
+    `\\boxed`. `\\boxed 5` (a blank and one token, no braces) counts too.
 
-    `\\boxed 5` (a blank and one token, no braces) counts too. A last box that never closes falls
-    back to the previous complete one. Linear in len(text).
+    A last box that never closes (output cut off inside it) gives None, as in the reference code;
+    with ``truncated_box_fallback`` the previous complete box is taken instead. Linear in len(text).
     """
-    boxed = _last_complete_box(text, "boxed")
-    if boxed is not None:
-        return boxed
-    return _last_complete_box(text, "fbox")
+    for command in ("boxed", "fbox"):
+        found = _last_complete_box(text, command, truncated_box_fallback)
+        if found is _UNCLOSED:
+            return None
+        if found is not None:
+            return found
+    return None
 
 
-def extract_answer(completion: str, template: str = "qwen_math") -> str | None:
+def extract_answer(completion: str, template: str = "qwen_math", *,
+                   truncated_box_fallback: bool = False) -> str | None:
     """The model's final answer: last boxed content, or for "r1" the last `<answer>` block."""
     if template == "r1":
         close = completion.rfind("</answer>")
@@ -137,11 +150,11 @@ def extract_answer(completion: str, template: str = "qwen_math") -> str | None:
             return None
         answer = completion[open_ + len("<answer>") : close]
         if "\\boxed" in answer or "\\fbox" in answer:
-            boxed = extract_boxed(answer)
+            boxed = extract_boxed(answer, truncated_box_fallback=truncated_box_fallback)
             if boxed is not None:
                 answer = boxed
     else:
-        answer = extract_boxed(completion)
+        answer = extract_boxed(completion, truncated_box_fallback=truncated_box_fallback)
     if answer is None or not answer.strip():
         return None
     return answer.strip()
@@ -232,7 +245,8 @@ def _boxed(content: str) -> str:
     return "\\boxed{" + content + "}"
 
 
-def is_correct(completion: str, answer: Any, *, template: str = "qwen_math") -> bool:
+def is_correct(completion: str, answer: Any, *, template: str = "qwen_math",
+               truncated_box_fallback: bool = False) -> bool:
     """True when the completion's final answer equals the gold answer per math-verify.
 
     No answer is wrong; a parse/verify error is wrong. In-process: math-verify's timeouts apply
@@ -240,15 +254,16 @@ def is_correct(completion: str, answer: Any, *, template: str = "qwen_math") -> 
     A missing gold answer raises SteerError.
     """
     gold_boxed = gold_to_boxed(answer)
-    pred = extract_answer(completion, template)
+    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
     if pred is None:
         return False
     return _verify_boxed(gold_boxed, _boxed(pred))
 
 
-def strict_match(completion: str, answer: Any, template: str = "qwen_math") -> bool:
+def strict_match(completion: str, answer: Any, template: str = "qwen_math", *,
+                 truncated_box_fallback: bool = False) -> bool:
     """Exact string match of the extracted answer and the normalised gold (metrics only)."""
-    pred = extract_answer(completion, template)
+    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
     return pred is not None and pred == gold_text(answer)
 
 
@@ -372,7 +387,8 @@ class Grader:
     """
 
     def __init__(
-        self, num_workers: int = 2, timeout: float = 5.0, template: str = "qwen_math"
+        self, num_workers: int = 2, timeout: float = 5.0, template: str = "qwen_math",
+        truncated_box_fallback: bool = False,
     ) -> None:
         if num_workers < 0:
             raise SteerError(f"grader num_workers must be >= 0, got {num_workers}")
@@ -381,6 +397,7 @@ class Grader:
         self.num_workers = num_workers
         self.timeout = float(timeout)
         self.template = template
+        self.truncated_box_fallback = truncated_box_fallback
         self._ctx = _worker_context()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -414,7 +431,8 @@ class Grader:
         jobs: list[_Job] = []
         for i, (completion, answer) in enumerate(items):
             gold = gold_text(answer)  # a bad gold answer raises here, before any work
-            pred = extract_answer(completion, self.template)
+            pred = extract_answer(completion, self.template,
+                                  truncated_box_fallback=self.truncated_box_fallback)
             if pred is None:
                 results[i] = Grade(correct=False, has_answer=False, strict=False, timed_out=False)
             else:

@@ -54,7 +54,7 @@ class PromptSettings(_Group):
     system_prompt: Optional[str] = Field(SYSTEM_PROMPT, description="System message for chat templates.")
     format: Optional[str] = Field(None, description="Prompt text with {problem} for the custom template.")
     append_to: bool = Field(False, description="Append 'To' after the generation prompt (reference-code option).")
-    stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion (default: the tokenizer's EOS).")
+    stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion, besides the tokenizer's and the model's EOS.")
 
 
 class SteeringSettings(_Group):
@@ -89,7 +89,7 @@ class RolloutSettings(_Group):
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation backend: hf (transformers generate) or vllm.")
     num_generations: int = Field(16, gt=0, description="Completions sampled per prompt (the RLOO group size).")
     max_new_tokens: int = Field(1024, gt=0, description="Completion budget in tokens.")
-    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap; the budget is min(max_new_tokens, this - prompt).")
+    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap; each prompt's budget is min(max_new_tokens, this - its length).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     top_k: int = Field(-1, ge=-1, description="Top-k sampling (-1 = off).")
@@ -113,6 +113,7 @@ class TrainSettings(_Group):
     reward_correct: float = Field(1.0, description="Reward of a correct completion.")
     reward_wrong: float = Field(-1.0, description="Reward of a wrong completion (the reference uses -1; 0 is common).")
     kl_coef: float = Field(0.0, ge=0, description="Coefficient of the per-token k3 KL to the base policy.")
+    kl_reference_offload: bool = Field(False, description="Full fine-tuning with KL: keep the frozen reference copy in CPU memory, on the device only for its pass.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward/backward pass (gradient accumulation beyond).")
     logprob_chunk_tokens: int = Field(1024, ge=0, description="Tokens per chunk of the log-softmax over the vocabulary (bounds logits memory; 0 = all at once).")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
@@ -121,6 +122,7 @@ class TrainSettings(_Group):
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite updates in a row.")
     grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
     grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
+    grade_truncated_box: bool = Field(False, description="Grade the last complete \\boxed{} when the last one never closes (cut-off output); the reference counts it wrong.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across processes with FSDP2 (setup full; launch with torchrun or accelerate).")
     master_float32: bool = Field(True, description="Setup full in bfloat16/float16: keep float32 master weights and run the forward in model.dtype (off: update the low-precision weights, losing steps below their resolution).")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Extra loggers through accelerate (tensorboard, wandb).")
@@ -134,8 +136,8 @@ class EvalSettings(_Group):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     seeds: list[int] = Field(default_factory=lambda: [0], description="Evaluation seeds; results are reported as mean ± std.")
     limit: Optional[int] = Field(None, gt=0, description="Evaluate only the first N problems of each benchmark.")
-    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget (default: rollout.max_new_tokens).")
-    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion cap (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget cap (default: each prompt gets the rest of eval.max_seq_length; rollout.max_new_tokens when that is unset too).")
+    max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
 
 
@@ -175,6 +177,7 @@ RUNTIME_KEYS = frozenset({
     "train.keep_last", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
     "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
+    "train.kl_reference_offload",
     "eval", "data.data_dir",
 })
 

@@ -53,10 +53,28 @@ def test_no_box_is_none():
     assert extract_answer(r"\boxed{ }") is None
 
 
-def test_unbalanced_last_box_falls_back_to_previous_complete_one():
-    assert extract_boxed(r"\boxed{5} but wait \boxed{6") == "5"
+def test_unclosed_last_box_has_no_answer_as_in_the_reference():
+    # the reference's last_boxed_only_string: the last \boxed decides; unclosed -> no answer
+    assert extract_boxed(r"\boxed{5} but wait \boxed{6") is None
     assert extract_boxed(r"\boxed{6") is None
-    assert extract_boxed(r"\boxed{ \boxed{5}") == "5"
+    assert extract_boxed(r"\boxed{ \boxed{5}") == "5"  # the last one closes
+    assert extract_boxed(r"\fbox{5} then \boxed{6") is None  # no falling back to \fbox either
+    assert not is_correct(r"so \boxed{5} but wait, \boxed{", "5")
+    assert not strict_match(r"so \boxed{5} but wait, \boxed{", "5")
+
+
+def test_unclosed_last_box_falls_back_to_previous_complete_one_when_asked():
+    fb = {"truncated_box_fallback": True}
+    assert extract_boxed(r"\boxed{5} but wait \boxed{6", **fb) == "5"
+    assert extract_boxed(r"\boxed{6", **fb) is None
+    assert extract_boxed(r"\boxed{ \boxed{5}", **fb) == "5"
+    assert extract_boxed(r"\fbox{5} then \boxed{6", **fb) == "5"
+    assert is_correct(r"so \boxed{5} but wait, \boxed{", "5", **fb)
+    assert strict_match(r"so \boxed{5} but wait, \boxed{", "5", **fb)
+    cut = [(r"so \boxed{5} but wait, \boxed{", "5")]
+    with Grader(num_workers=0) as strict, Grader(num_workers=0, truncated_box_fallback=True) as lenient:
+        assert [g.correct for g in strict.grade(cut)] == [False]
+        assert [g.correct for g in lenient.grade(cut)] == [True]
 
 
 def test_box_without_braces_takes_one_token():
@@ -66,17 +84,18 @@ def test_box_without_braces_takes_one_token():
 
 def test_extraction_is_linear_on_megabyte_inputs():
     cases = {
-        r"\boxed{" * 5000: None,
-        "x " * 500_000 + r"\boxed{" * 5000: None,
-        r"\boxed{1}" + r"\boxed{" * 140_000: "1",
-        r"\boxed{2}" + "{" * 1_000_000: "2",
-        r"\boxed{" + "{" * 500_000 + "}" * 500_001: "{" * 500_000 + "}" * 500_000,
+        r"\boxed{" * 5000: (None, None),
+        "x " * 500_000 + r"\boxed{" * 5000: (None, None),
+        r"\boxed{1}" + r"\boxed{" * 140_000: (None, "1"),
+        r"\boxed{2}" + "{" * 1_000_000: ("2", "2"),
+        r"\boxed{" + "{" * 500_000 + "}" * 500_001: ("{" * 500_000 + "}" * 500_000,) * 2,
     }
     for text, expected in cases.items():
-        start = time.monotonic()
-        assert extract_boxed(text) == expected
-        # a quadratic scan of these would take minutes
-        assert time.monotonic() - start < 5.0
+        for fallback, want in zip((False, True), expected):
+            start = time.monotonic()
+            assert extract_boxed(text, truncated_box_fallback=fallback) == want
+            # a quadratic scan of these would take minutes
+            assert time.monotonic() - start < 5.0
 
 
 def test_r1_takes_the_last_answer_block():

@@ -253,3 +253,81 @@ def test_tensors_cross_the_rpc_layer_as_raw_bytes():
     for t in (torch.randn(3, 4), torch.randn(5, dtype=torch.bfloat16), torch.tensor(2.5), torch.arange(6).view(2, 3).t()):
         back = unpack_tensor(pack_tensor(t))
         assert back.dtype == t.dtype and torch.equal(back, t)
+
+
+# -- issue 17: per-request budgets, EOS beside a stop token, PiSSA adapters --------------------------
+
+
+def test_each_request_gets_its_own_budget(backend, tiny):
+    from dataclasses import replace
+
+    backend.set_vectors(torch.zeros(LAYERS, HIDDEN))
+    budgets = (3, 9, 5, 12)
+    got = ids(backend.generate(PROMPTS, replace(GREEDY, budgets=budgets)))
+    assert got == [full[:b] for full, b in zip(hf_greedy(tiny[1], PROMPTS), budgets)]
+    assert [len(x) for x in got] == list(budgets)  # none stopped early: the budgets are what cut
+
+
+def test_eos_ends_generation_beside_a_stop_token(backend, tiny):
+    """A model whose EOS is no preset stop token still stops at it, in vLLM as in hf."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    from steer_cli.data.prompts import model_eos_ids, stop_token_ids
+    from steer_cli.rollout.hf import HFBackend
+
+    path, model = tiny
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = "<unk>"  # inside the model's vocabulary (as hf_greedy pads)
+    stop = stop_token_ids(tokenizer, ["w252"], model_eos_ids(path))
+    assert stop == (STOP, EOS)
+    eos_model = copy.deepcopy(model)
+    liked = hf_greedy(model, PROMPTS[:1])[0][1]  # the second token it picks for the first prompt
+    with torch.no_grad():
+        eos_model.lm_head.weight[EOS] = 3 * eos_model.lm_head.weight[liked]
+    spec = SamplingSpec(n=1, temperature=0.0, max_new_tokens=12, stop_token_ids=stop)
+    backend.set_vectors(torch.zeros(LAYERS, HIDDEN))
+    backend.load_weights(eos_model.state_dict().items())
+    try:
+        got = ids(backend.generate(PROMPTS, spec))
+    finally:
+        backend.load_weights(model.state_dict().items())
+    assert got == ids(HFBackend(eos_model, tokenizer).generate(PROMPTS, spec))
+    assert sum(x[-1] == EOS for x in got) >= 2
+    assert all(EOS not in x[:-1] for x in got)  # nothing after EOS
+
+
+def test_pissa_lora_engine_samples_from_the_trained_policy(tiny):
+    """PiSSA moves B0 A0 out of the trained model's down_proj; the adapter sent to vLLM (which
+    holds the original weights) must be the converted one, so both sample from one policy."""
+    require_vllm()
+    from transformers import AutoModelForCausalLM
+
+    from steer_cli.patching.setups import prepare_setup
+    from steer_cli.rollout.factory import make_vllm_backend
+    from steer_cli.settings import Layer, build_settings
+
+    path = tiny[0]
+    settings = build_settings([Layer({
+        "model": {"name": path, "dtype": "float32"},
+        "setup": {"kind": "lora", "lora": {"rank": 4, "alpha": 4, "init": "pissa"}},
+        "rollout": {"backend": "vllm", "max_new_tokens": 12, "max_seq_length": 256,
+                    "vllm": {"kv_cache_memory_bytes": KV_BYTES, "enforce_eager": True, "gpu_memory_utilization": 0.1}},
+    }, "test")])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    trainable = prepare_setup(model, "lora", lora_rank=4, lora_alpha=4, lora_init="pissa")
+    engine = make_vllm_backend(settings, trainable, max_prompt_len=max(len(p) for p in PROMPTS))
+    try:
+        base = hf_greedy(tiny[1], PROMPTS)
+        assert ids(engine.generate(PROMPTS, GREEDY)) == base  # step 0: the model itself
+        torch.manual_seed(0)
+        optimizer = torch.optim.AdamW(trainable.params, lr=0.05)
+        sum((p * torch.randn_like(p)).sum() for p in trainable.params).backward()
+        optimizer.step()  # one update
+        engine.sync_from(trainable)
+        after = ids(engine.generate(PROMPTS, GREEDY))
+        assert after == hf_greedy(trainable.model, PROMPTS)
+        assert after != base  # the update changed the policy
+    finally:
+        engine.close()

@@ -81,3 +81,28 @@ def test_bench_measures_vllm_generation_and_sync(vllm_lm):
     assert len(gen["seconds_bare_all"]) == len(gen["seconds_steered_all"]) == 2 and gen["steered_over_bare_paired"] > 0
     assert 0 < sync["vector_sync_seconds"] and 0 < sync["full_reload_seconds"]
     assert sync["vector_numbers"] == 2 * 128 and sync["weight_numbers"] > 100 * sync["vector_numbers"]
+
+
+def test_eval_vllm_converts_an_unconverted_pissa_adapter(vllm_lm, tiny_problems, tmp_path):
+    """An adapter saved as PiSSA trained it applies to W - B0 A0: eval converts it for vLLM, whose
+    engine holds W, and then samples what hf samples."""
+    from transformers import AutoModelForCausalLM
+
+    from steer_cli.patching.setups import prepare_setup
+
+    trainable = prepare_setup(AutoModelForCausalLM.from_pretrained(vllm_lm), "lora", lora_rank=4, lora_alpha=4,
+                              lora_init="pissa")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in trainable.params:
+            p.add_(0.05 * torch.randn_like(p))
+    trainable.model.save_pretrained(str(tmp_path / "pissa"))
+    common = ["eval", "--model", str(vllm_lm), "--adapter", str(tmp_path / "pissa"), "--benchmarks",
+              str(tiny_problems), "--temperature", "0", "--max-new-tokens", "12", "--limit", "4",
+              "--set", "train.grader_workers=0"]
+    hf = runner.invoke(app, [*common, "--output-dir", str(tmp_path / "hf")])
+    assert hf.exit_code == 0, hf.output
+    vl = runner.invoke(app, [*common, "--backend", "vllm", "--output-dir", str(tmp_path / "vllm"), *VLLM_SETS])
+    assert vl.exit_code == 0, vl.output
+    bench = tiny_problems.stem
+    assert _completions(tmp_path / "hf", bench) == _completions(tmp_path / "vllm", bench)

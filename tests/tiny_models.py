@@ -61,8 +61,11 @@ CHATML = (
 )
 
 
-def make_tokenizer(chat_template: bool = True):
-    """A byte-level tokenizer (256 byte tokens + 3 specials), no merges: tiny and lossless."""
+def make_tokenizer(chat_template: bool = True, qwen_base: bool = False):
+    """A byte-level tokenizer (256 byte tokens + 3 specials), no merges: tiny and lossless.
+
+    ``qwen_base``: EOS is ``<|endoftext|>`` (also the pad) and ``<|im_end|>`` a plain special token,
+    as in Qwen base models, whose presets stop at ``<|im_end|>``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -71,16 +74,21 @@ def make_tokenizer(chat_template: bool = True):
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    if qwen_base:
+        tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|im_start|>"]})
+    else:
+        tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     if chat_template:
         tok.chat_template = CHATML
     return tok
 
 
-def save_tiny_lm(path, model_type: str = "qwen2", seed: int = 0, chat_template: bool = True, **overrides):
+def save_tiny_lm(path, model_type: str = "qwen2", seed: int = 0, chat_template: bool = True,
+                 qwen_base: bool = False, **overrides):
     """A tiny random causal LM + byte tokenizer saved like a hub checkpoint; returns the path."""
-    tok = make_tokenizer(chat_template)
+    tok = make_tokenizer(chat_template, qwen_base)
     kwargs = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=1, intermediate_size=128, max_position_embeddings=1024,
                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,

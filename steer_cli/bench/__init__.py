@@ -7,6 +7,7 @@ from steer_cli.bench.run import TARGETS, check_targets, machine_info, ratios, ru
 from steer_cli.bench.timing import (
     interleaved,
     interleaved_many,
+    measure_vllm,
     optimizer_state_bytes,
     paired_ratio,
     paired_speed_ratio,
@@ -16,6 +17,6 @@ from steer_cli.bench.timing import (
 __all__ = [
     "BACKENDS", "SETUPS", "BenchConfig", "fit_scaling", "measure_peak_memory", "GEOMETRIES", "RANDOM_MODELS",
     "geometry_of", "materialize_model", "synthetic_config", "TARGETS", "check_targets", "machine_info", "ratios",
-    "run_bench", "write_json", "interleaved", "interleaved_many", "optimizer_state_bytes", "paired_ratio",
+    "run_bench", "write_json", "interleaved", "interleaved_many", "measure_vllm", "optimizer_state_bytes", "paired_ratio",
     "paired_speed_ratio", "synthetic_batch",
 ]

@@ -84,7 +84,9 @@ def _render_scaling(console: Any, scaling: dict[str, Any]) -> None:
                             f"{human_bytes(fit['bytes_per_layer'])} per layer "
                             f"+ {fit['bytes_per_token'] / 1024:.1f} KiB per token "
                             f"+ {fit['bytes_per_token_per_layer'] / 1024:.1f} KiB per token per layer "
-                            f"(largest residual {human_bytes(fit['max_abs_residual_bytes'])})")
+                            + (f"+ {fit['bytes_per_logprob_chunk_token'] / 1024:.1f} KiB per completion token "
+                               f"up to one log-prob chunk " if fit.get("bytes_per_logprob_chunk_token") else "")
+                            + f"(largest residual {human_bytes(fit['max_abs_residual_bytes'])})")
         if fit.get("predicted_bytes"):
             predicted = ", ".join(f"{t} tokens: {human_bytes(b)}" for t, b in fit["predicted_bytes"].items())
             print_text(console, f"predicted at the real depth ({fit['real_layers']} layers): {predicted}")

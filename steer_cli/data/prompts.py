@@ -7,13 +7,13 @@
 - ``plain``: the problem text alone.
 - ``custom``: ``prompt.format`` with ``{problem}`` (and ``{system}``) filled in.
 
-The reference implementation's exact wording of the two text forms is elided in our fact sheet;
-these follow the widely used Qwen2.5-Math and R1-Zero wordings.
+The two text forms are the reference code's (``policy_model.py``), word for word: "The user asks"
+in ``qwen_math`` but "The User asks" in ``r1``, and "and answer is enclosed" in ``r1``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from steer_cli.errors import SteerError
 
@@ -22,7 +22,7 @@ TEMPLATES = ("qwen_math", "chat", "r1", "plain", "custom")
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 QWEN_MATH_TEXT = (
-    "A conversation between User and Assistant. The User asks a question, and the Assistant "
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
     "solves it. Please reason step by step, and put your final answer within \\boxed{}."
 )
 
@@ -30,7 +30,7 @@ R1_TEXT = (
     "A conversation between User and Assistant. The User asks a question, and the Assistant "
     "solves it. The Assistant first thinks about the reasoning process in the mind and then "
     "provides the User with the answer. The reasoning process is enclosed within <think> </think> "
-    "and the answer is enclosed within <answer> </answer> tags, respectively, i.e., <think> "
+    "and answer is enclosed within <answer> </answer> tags, respectively, i.e., <think> "
     "reasoning process here </think> <answer> answer here </answer>."
 )
 
@@ -81,17 +81,17 @@ def render_prompt(tokenizer: Any, problem: str, template: str = "qwen_math", **k
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def stop_token_ids(tokenizer: Any, stops: list[str] | tuple[str, ...] = ()) -> tuple[int, ...]:
-    """Token ids that end a completion: the given stop tokens, else the tokenizer's EOS.
+def stop_token_ids(tokenizer: Any, stops: list[str] | tuple[str, ...] = (),
+                   eos_ids: Sequence[int] = ()) -> tuple[int, ...]:
+    """The stop set: token ids that end a completion, in every generation (train, eval; hf, vLLM).
 
-    Each stop must be a single token of the vocabulary (``<|im_end|>``, ``<|eot_id|>`` ...).
+    The given stop tokens (``prompt.stop``; each a single token of the vocabulary, e.g.
+    ``<|im_end|>``), the tokenizer's EOS, and ``eos_ids`` (the model's
+    ``generation_config.eos_token_id``, see ``model_eos_ids``). The reference code stops at its
+    stop token and keeps EOS, so a Qwen base model stops at ``<|im_end|>`` or ``<|endoftext|>``.
     """
-    if not stops:
-        if tokenizer.eos_token_id is None:
-            raise SteerError("the tokenizer has no EOS token; set prompt.stop to the token that ends an answer")
-        return (int(tokenizer.eos_token_id),)
     ids = []
-    vocab = tokenizer.get_vocab()
+    vocab = tokenizer.get_vocab() if stops else {}
     for stop in stops:
         if stop not in vocab:
             raise SteerError(
@@ -99,4 +99,36 @@ def stop_token_ids(tokenizer: Any, stops: list[str] | tuple[str, ...] = ()) -> t
                 f"use one of its special tokens, e.g. {tokenizer.eos_token!r}"
             )
         ids.append(int(vocab[stop]))
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    ids.extend(int(i) for i in eos_ids)
+    if not ids:
+        raise SteerError("the tokenizer and the model name no EOS token; set prompt.stop to the token "
+                         "that ends an answer")
     return tuple(dict.fromkeys(ids))
+
+
+def model_eos_ids(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> tuple[int, ...]:
+    """Every id in the model's ``generation_config.eos_token_id`` (``generation_config.json``), else
+    in its config's ``eos_token_id``; () when neither names one."""
+    from transformers import GenerationConfig
+
+    from steer_cli.models import load_config, quiet_transformers, resolve_model
+
+    quiet_transformers()
+    try:
+        eos = GenerationConfig.from_pretrained(resolve_model(name), revision=revision).eos_token_id
+    except OSError:  # no generation_config.json
+        config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        eos = getattr(text, "eos_token_id", None)
+    if eos is None:
+        return ()
+    return tuple(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def completion_stop_ids(tokenizer: Any, stops: list[str] | tuple[str, ...], model: str, *,
+                        revision: str | None = None, trust_remote_code: bool = False) -> tuple[int, ...]:
+    """``stop_token_ids`` with the model's own EOS ids: what train and eval stop generation at."""
+    return stop_token_ids(tokenizer, stops, model_eos_ids(model, revision=revision,
+                                                          trust_remote_code=trust_remote_code))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -15,12 +15,37 @@ class SamplingSpec:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     max_new_tokens: int = 512
-    stop_token_ids: tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # the stop set (data.prompts.stop_token_ids); exactly these stop
     seed: int = 0
+    # Per-prompt completion budgets, in prompt order (``completion_budgets``); empty: max_new_tokens each.
+    budgets: tuple[int, ...] = ()
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def budget(self, index: int) -> int:
+        """The completion budget of prompt ``index`` of the generate call."""
+        return self.budgets[index] if self.budgets else self.max_new_tokens
+
+    def for_prompts(self, start: int, stop: int) -> "SamplingSpec":
+        """This spec for ``prompts[start:stop]`` (budgets sliced to match)."""
+        return replace(self, budgets=self.budgets[start:stop]) if self.budgets else self
+
+
+def completion_budgets(prompt_lengths: Sequence[int], max_new_tokens: Optional[int],
+                       max_seq_length: Optional[int]) -> tuple[int, ...]:
+    """Each prompt's completion budget, as in the reference code: ``max_seq_length`` minus that
+    prompt's own length, capped by ``max_new_tokens`` when that is set; at least 1 token."""
+    if max_new_tokens is None and max_seq_length is None:
+        raise ValueError("a completion budget needs max_new_tokens or max_seq_length")
+    out = []
+    for n in prompt_lengths:
+        budget = max_new_tokens if max_new_tokens is not None else max_seq_length - n
+        if max_seq_length is not None:
+            budget = min(budget, max_seq_length - n)
+        out.append(max(1, int(budget)))
+    return tuple(out)
 
 
 @dataclass

@@ -84,7 +84,8 @@ class VLLMTrainingBackend:
         elif trainable.kind == "lora":
             self._adapters += 1
             path = Path(self._tmp.name) / f"adapter-{self._adapters}"
-            trainable.model.save_pretrained(str(path), safe_serialization=True)
+            # A PiSSA adapter is converted to one that applies to the engine's original weights.
+            trainable.save_adapter(path)
             self.engine.load_lora(path)
             if self._adapters > 1:
                 import shutil
@@ -111,7 +112,9 @@ def make_vllm_backend(settings: Settings, trainable: Any, *, max_prompt_len: int
     max_len = settings.rollout.max_seq_length or (max_prompt_len + budget)
     engine = _start(
         settings, resolve_model(settings.model.name), max_model_len=max_len,
-        enable_lora=trainable.kind == "lora", lora_rank=settings.setup.lora.rank,
+        # a PiSSA adapter reaches the engine converted, with twice its rank (Trainable.save_adapter)
+        enable_lora=trainable.kind == "lora",
+        lora_rank=settings.setup.lora.rank * (2 if getattr(trainable, "pissa", False) else 1),
         place=settings.setup.steering.place, seed=settings.train.seed,
     )
     return VLLMTrainingBackend(engine, trainable)

@@ -8,7 +8,7 @@ import hashlib
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from steer_cli.rollout.base import Completion, SamplingSpec
 
@@ -30,6 +30,19 @@ def split_completion(ids: Sequence[int], stop_ids: set[int], pad_id: int | None)
     while out and pad_id is not None and out[-1] == pad_id and pad_id not in stop_ids:
         out.pop()
     return out, "length"
+
+
+class RowBudgets(StoppingCriteria):
+    """Stops each generated row once it holds its own number of new tokens (``budgets``, one per
+    row of the batch as ``generate`` expands it), so prompts of one batch keep their own budgets."""
+
+    def __init__(self, budgets: Sequence[int], prompt_width: int) -> None:
+        self.budgets = torch.tensor(list(budgets), dtype=torch.long)
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        made = input_ids.shape[1] - self.prompt_width
+        return self.budgets.to(input_ids.device) <= made
 
 
 class HFBackend:
@@ -57,7 +70,8 @@ class HFBackend:
         with self.context():
             for start in range(0, len(prompts), self.batch_prompts):
                 chunk = prompts[start:start + self.batch_prompts]
-                results.extend(self._generate_chunk(chunk, sampling, chunk_seed(sampling.seed, first_index + start)))
+                results.extend(self._generate_chunk(chunk, sampling.for_prompts(start, start + len(chunk)),
+                                                    chunk_seed(sampling.seed, first_index + start)))
         return results
 
     def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec,
@@ -73,10 +87,13 @@ class HFBackend:
         stop_ids = list(sampling.stop_token_ids) or [tok.eos_token_id]
         # Greedy decoding gives one answer; n copies of it keep the [prompt][n] shape.
         copies = sampling.n if sampling.greedy else 1
+        budgets = [sampling.budget(i) for i in range(len(prompts))]
+        per_row = [b for b in budgets for _ in range(1 if sampling.greedy else sampling.n)]
+        criteria = StoppingCriteriaList([RowBudgets(per_row, width)] if len(set(budgets)) > 1 else [])
         # A full GenerationConfig, so a model's own sampling defaults (top_k=50, a repetition
         # penalty ...) never leak into the RL or evaluation protocol.
         config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
+            max_new_tokens=max(budgets),
             eos_token_id=stop_ids,
             pad_token_id=pad_id,
             num_return_sequences=1 if sampling.greedy else sampling.n,
@@ -93,7 +110,8 @@ class HFBackend:
         )
         torch.manual_seed(seed)
         out = self.model.generate(input_ids=input_ids.to(self.device),
-                                  attention_mask=attention.to(self.device), generation_config=config)
+                                  attention_mask=attention.to(self.device), generation_config=config,
+                                  stopping_criteria=criteria)
         if copies > 1:
             out = out.repeat_interleave(copies, dim=0)
         generated = out[:, width:].tolist()
@@ -102,7 +120,8 @@ class HFBackend:
         for row in range(len(prompts)):
             group = []
             for k in range(sampling.n):
-                ids, reason = split_completion(generated[row * sampling.n + k], stop_set, pad_id)
+                # A row stopped at its own budget is padded after it: cut there first.
+                ids, reason = split_completion(generated[row * sampling.n + k][:budgets[row]], stop_set, pad_id)
                 text = tok.decode(ids, skip_special_tokens=False)
                 group.append(Completion(token_ids=ids, text=text, finish_reason=reason))
             grouped.append(group)

@@ -146,7 +146,7 @@ class VLLMBackend:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def sampling_params(self, sampling: SamplingSpec, index: int):
+    def sampling_params(self, sampling: SamplingSpec, index: int, max_tokens: int | None = None):
         from vllm import SamplingParams
 
         stop = list(sampling.stop_token_ids)
@@ -155,10 +155,12 @@ class VLLMBackend:
             temperature=sampling.temperature,
             top_p=sampling.top_p if not sampling.greedy else 1.0,
             top_k=sampling.top_k if sampling.top_k > 0 and not sampling.greedy else 0,
-            max_tokens=sampling.max_new_tokens,
-            # Given stop ids replace EOS, as in the hf backend; otherwise EOS stops.
+            max_tokens=max_tokens or sampling.max_new_tokens,
+            # The stop set (data.prompts.stop_token_ids) holds EOS, so vLLM keeps stopping at EOS
+            # (and at the model's generation_config EOS ids, also in the set). A hand-made set
+            # without EOS means EOS does not stop, as in the hf backend.
             stop_token_ids=stop or None,
-            ignore_eos=bool(stop),
+            ignore_eos=bool(stop) and self.tokenizer.eos_token_id not in stop,
             seed=None if sampling.greedy else request_seed(sampling.seed, index),
             detokenize=False,  # text is decoded here, from the same ids, special tokens kept
         )
@@ -170,7 +172,8 @@ class VLLMBackend:
         ``prompts[0]`` (prompt ``i`` is seeded by ``first_index + i``), so sharded runs match."""
         if not prompts:
             return []
-        params = [self.sampling_params(sampling, first_index + i) for i in range(len(prompts))]
+        # Per-request max_tokens: each prompt its own completion budget.
+        params = [self.sampling_params(sampling, first_index + i, sampling.budget(i)) for i in range(len(prompts))]
         inputs = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self._lora)
         results = []

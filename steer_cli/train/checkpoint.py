@@ -26,6 +26,7 @@ from steer_cli.vectors import load_vectors, save_vectors
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
+PISSA_RESUME_DIR = "adapter-pissa"  # a PiSSA adapter as trained (adapter/ holds it converted)
 
 
 def write_trained(directory: Path, trainable: Any, *, vectors_meta: dict[str, Any], tokenizer: Any = None,
@@ -35,7 +36,11 @@ def write_trained(directory: Path, trainable: Any, *, vectors_meta: dict[str, An
     if trainable.kind == "steering":
         save_vectors(directory / "vectors.safetensors", trainable.steering.vectors, **vectors_meta)
     elif trainable.kind == "lora":
-        trainable.model.save_pretrained(str(directory / "adapter"), safe_serialization=True)
+        # adapter/ applies to the original base weights (a PiSSA adapter converted, rank 2r);
+        # a PiSSA run also keeps its adapter as trained (for W - B0 A0), which --resume loads.
+        trainable.save_adapter(directory / "adapter")
+        if getattr(trainable, "pissa", False):
+            trainable.model.save_pretrained(str(directory / PISSA_RESUME_DIR), safe_serialization=True)
     elif model_state is not None:
         from steer_cli.train.fsdp import save_pretrained_gathered
 
@@ -167,7 +172,8 @@ def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        sub = PISSA_RESUME_DIR if (path / PISSA_RESUME_DIR).is_dir() else "adapter"
+        weights = load_file(str(path / sub / "adapter_model.safetensors"))
         set_peft_model_state_dict(trainable.model, weights)
     elif sharded:
         from steer_cli.train.fsdp import load_model_state, load_optimizer_state

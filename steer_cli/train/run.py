@@ -249,7 +249,7 @@ class Trainer:
             )
 
     def _setup(self) -> None:
-        from steer_cli.data.prompts import stop_token_ids
+        from steer_cli.data.prompts import completion_stop_ids
         from steer_cli.models import load_causal_lm, load_tokenizer
         from steer_cli.patching.setups import prepare_setup
         from steer_cli.vectors import load_vectors, unembed_sha256
@@ -268,7 +268,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(s.model.name, revision=s.model.revision,
                                         trust_remote_code=s.model.trust_remote_code)
         self.examples, self.data_counts = load_examples(s, self.tokenizer)
-        self.stop_ids = stop_token_ids(self.tokenizer, s.prompt.stop)
+        self.stop_ids = completion_stop_ids(self.tokenizer, s.prompt.stop, s.model.name, revision=s.model.revision,
+                                            trust_remote_code=s.model.trust_remote_code)
         from steer_cli.models import pick_dtype
 
         compute = pick_dtype(s.model.dtype, self.acc.device, config)
@@ -286,7 +287,8 @@ class Trainer:
         self.trainable = prepare_setup(
             model, s.setup.kind, vectors=init, layers=s.setup.steering.layers, place=s.setup.steering.place,
             lora_rank=s.setup.lora.rank, lora_alpha=s.setup.lora.alpha, lora_dropout=s.setup.lora.dropout,
-            lora_init=s.setup.lora.init,
+            lora_init=s.setup.lora.init, kl_reference=s.train.kl_coef > 0,
+            reference_offload=s.train.kl_reference_offload, reference_dtype=compute if master else None,
         )
         self.fsdp = s.train.fsdp
         if self.fsdp:
@@ -349,11 +351,13 @@ class Trainer:
         }
 
     # -- one step ----------------------------------------------------------------------------
-    def _budget(self, prompts: list[list[int]]) -> int:
-        budget = self.s.rollout.max_new_tokens
-        if self.s.rollout.max_seq_length:
-            budget = min(budget, self.s.rollout.max_seq_length - max(len(p) for p in prompts))
-        return max(1, budget)
+    def _budgets(self, prompts: list[list[int]]) -> tuple[int, ...]:
+        """Each prompt's own completion budget (rollout.max_seq_length minus its length), as in the
+        reference code, never that of the longest prompt beside it."""
+        from steer_cli.rollout.base import completion_budgets
+
+        return completion_budgets([len(p) for p in prompts], self.s.rollout.max_new_tokens,
+                                  self.s.rollout.max_seq_length)
 
     def _sum_across(self, values: list[float], op: Any = None) -> list[float]:
         if self.world == 1:
@@ -399,8 +403,8 @@ class Trainer:
         prompts = [e.prompt_ids for e in examples]
         sampling = SamplingSpec(
             n=s.rollout.num_generations, temperature=s.rollout.temperature, top_p=s.rollout.top_p,
-            top_k=s.rollout.top_k, max_new_tokens=self._budget(prompts), stop_token_ids=self.stop_ids,
-            seed=step_seed(s.train.seed, step),
+            top_k=s.rollout.top_k, max_new_tokens=s.rollout.max_new_tokens, budgets=self._budgets(prompts),
+            stop_token_ids=self.stop_ids, seed=step_seed(s.train.seed, step),
         )
         self.trainable.model.eval()
         groups = self.backend.generate(prompts, sampling, first_index=self.rank * per_rank)
@@ -611,7 +615,8 @@ class Trainer:
         metrics_path = self.out_dir / "metrics.jsonl"
         try:
             with Grader(num_workers=self.s.train.grader_workers, timeout=self.s.train.grade_timeout,
-                        template=self.s.prompt.template) as grader:
+                        template=self.s.prompt.template,
+                        truncated_box_fallback=self.s.train.grade_truncated_box) as grader:
                 for step in range(start, self.total_steps):
                     metrics = self.step(step, grader)
                     if self.main:

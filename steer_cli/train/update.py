@@ -35,12 +35,20 @@ def accumulate_policy_gradients(
     from steer_cli.train.objective import kl_penalty, policy_loss
 
     model = trainable.model
-    if train_mode:
-        model.train()
-    loss_sum, kl_sum = 0.0, 0.0
     chunks = [seqs[start:start + micro_batch_size] for start in range(0, len(seqs), micro_batch_size)]
     # A one-token pair with advantage 0 (and no KL weight) adds exactly nothing to the gradient.
     padding = [[([pad_id], [pad_id], 0.0)]] * max(0, min_micro_batches - len(chunks))
+    refs: list[torch.Tensor] = []
+    if kl_coef > 0:
+        # All reference log-probs first, in one pass: an offloaded reference copy (full
+        # fine-tuning) then moves to the device once per step, not once per micro-batch.
+        with torch.no_grad(), trainable.reference() as reference, trainable.autocast():
+            for chunk in chunks + padding:
+                packed = batch.pack_left([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(device)
+                refs.append(batch.completion_logprobs(reference, packed, temperature, logprob_chunk_tokens))
+    if train_mode:
+        model.train()
+    loss_sum, kl_sum = 0.0, 0.0
     try:
         for index, chunk in enumerate(chunks + padding):
             real = index < len(chunks)
@@ -51,9 +59,7 @@ def accumulate_policy_gradients(
             mask = packed.completion_mask
             loss = policy_loss((logp * mask).sum(-1), adv, global_tokens)
             if kl_coef > 0:
-                with torch.no_grad(), trainable.reference(), trainable.autocast():
-                    ref = batch.completion_logprobs(model, packed, temperature, logprob_chunk_tokens)
-                kl = kl_penalty(logp, ref, mask if real else torch.zeros_like(mask), global_tokens)
+                kl = kl_penalty(logp, refs[index], mask if real else torch.zeros_like(mask), global_tokens)
                 kl_sum += float(kl.detach())
                 loss = loss + kl_coef * kl
             loss.backward()
