@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from cli_helpers import interrupted_at_step
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
@@ -78,20 +79,11 @@ def test_resume_continues_exactly(tiny_lm, tiny_problems, tmp_path, coin_grader,
     full = tmp_path / "full"
     assert invoke(train_args(tiny_lm, tiny_problems, full, *common)).exit_code == 0
 
-    from steer_cli.train import run as run_mod
-
-    original = run_mod.Trainer.step
-
-    def stop_at_three(self, step, grader):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step, grader)
 
     part = tmp_path / "part"
-    monkeypatch.setattr(run_mod.Trainer, "step", stop_at_three)
-    assert invoke(train_args(tiny_lm, tiny_problems, part, *common)).exit_code != 0
+    with interrupted_at_step(monkeypatch, 2):
+        assert invoke(train_args(tiny_lm, tiny_problems, part, *common)).exit_code != 0
     assert not (part / "final").exists() and (part / "checkpoint-2").exists()
-    monkeypatch.setattr(run_mod.Trainer, "step", original)
     result = invoke(train_args(tiny_lm, tiny_problems, part, *common, "--resume"))
     assert result.exit_code == 0, result.output
     a, _ = load_vectors(full / "final" / "vectors.safetensors")
