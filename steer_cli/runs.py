@@ -38,7 +38,7 @@ def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Pat
 def training_runs_under(root: str | Path) -> list[Path]:
     """Every ``steer train`` output directory under ``root`` (sorted by path), not descending into
     a run (its eval/ and checkpoints hold no further runs) nor into hidden directories."""
-    from steer_cli.evaluate import is_training_run
+    from steer_cli.evaluate.targets import is_training_run
 
     found = []
     for dirpath, dirnames, _ in os.walk(root):
