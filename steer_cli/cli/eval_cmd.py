@@ -15,21 +15,22 @@ from steer_cli.cli.common import (
     doc,
     fail,
     is_interactive,
-    latest_run,
     parse_int_list,
     parse_str_list,
     run_command,
     settings_from_cli,
 )
 from steer_cli.errors import SteerError
+from steer_cli.runs import latest_run
 
-RUN_HELP = ("Training run directory, or one of its checkpoints (final, checkpoint-N), to evaluate with its "
-            "settings; default: the most recent run under runs/ when no --model/--vectors/--adapter is given.")
+RUN_HELP = ("Training run directories, or their checkpoints (final, checkpoint-N), to evaluate with their "
+            "settings; a directory holding runs (e.g. runs/) means every run under it; default: the most "
+            "recent run under runs/ when no --model/--vectors/--adapter is given.")
 
 
 @app.command("eval")
 def eval_command(
-    run: Optional[Path] = typer.Argument(None, help=RUN_HELP, show_default=False),
+    runs: Optional[list[Path]] = typer.Argument(None, help=RUN_HELP, show_default=False),
     model: Optional[str] = typer.Option(None, "--model", help=doc("model.name")),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Steering vectors file to add to the model."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter directory to add to the model."),
@@ -60,7 +61,7 @@ def eval_command(
 
     Runs unchanged under torchrun / accelerate launch: the work is split across the processes."""
     summaries = run_command(
-        _eval, run=run, model=model, vectors=vectors, adapter=adapter, print_settings=print_settings,
+        _eval, runs=runs or [], model=model, vectors=vectors, adapter=adapter, print_settings=print_settings,
         fields=fields, base=base, preset=preset, config=config, sets=sets,
         raw={"benchmarks": benchmarks, "seeds": seeds},
         flags={
@@ -72,11 +73,14 @@ def eval_command(
         },
     )
     if summaries:
-        from rich.console import Console
+        from rich.table import Table
 
         from steer_cli.evaluate import results_table
+        from steer_cli.terminal import print_table, print_text, stdout_console
 
-        Console(highlight=False).print(results_table(summaries))
+        console = stdout_console()
+        for part in results_table(summaries).renderables:
+            (print_table if isinstance(part, Table) else print_text)(console, part)
 
 
 def info(message: str) -> None:
@@ -87,23 +91,12 @@ def info(message: str) -> None:
 
 def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[str, Any],
           **kwargs: Any) -> Optional[list[dict]]:
+    """Under torchrun / accelerate launch every process runs this; the main process prints."""
     from steer_cli import evaluate as ev
 
     coord = ev.Coordinator.connect()
-    say = info if coord.main else (lambda message: None)
-
-    def resolve() -> tuple[Any, Any, Any]:
-        full = dict(flags, **{"eval.benchmarks": parse_str_list(raw["benchmarks"]),
-                              "eval.seeds": parse_int_list(raw["seeds"], "--seeds")})
-        return _resolve(flags=full, say=say, **kwargs)
-
     try:
-        settings, targets, field_map = coord.agree("settings", resolve)
-        if print_settings:
-            if coord.main:
-                print(settings.to_yaml(), end="")
-            return None
-        return ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
+        return _eval_all(coord, print_settings=print_settings, raw=raw, flags=flags, **kwargs)
     except ev.ReportedByMain:
         coord.wait_reported()
         raise typer.Exit(2) from None  # the main process prints the error
@@ -116,34 +109,112 @@ def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[st
             coord.reported()
 
 
-def _resolve(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
-             fields: Optional[str], base: Optional[bool], preset: Optional[str], config: Optional[Path],
-             sets: Optional[list[str]], flags: dict[str, Any], say: Callable[[str], None]) -> tuple[Any, Any, Any]:
-    """Settings, targets and field map from the command line (reads only)."""
+def _eval_all(coord: Any, *, runs: list[Path], vectors: Optional[Path], adapter: Optional[Path],
+              print_settings: bool, base: Optional[bool], raw: dict[str, Optional[str]], flags: dict[str, Any],
+              **kwargs: Any) -> Optional[list[dict]]:
+    from steer_cli import evaluate as ev
+
+    say = info if coord.main else (lambda message: None)
+
+    def resolve() -> tuple[list[tuple[Optional[Path], Optional[Path], Any]], Any]:
+        full = dict(flags, **{"eval.benchmarks": parse_str_list(raw["benchmarks"]),
+                              "eval.seeds": parse_int_list(raw["seeds"], "--seeds")})
+        return _resolve(runs=runs, vectors=vectors, adapter=adapter, flags=full, say=say, **kwargs)
+
+    plans, field_map = coord.agree("settings", resolve)  # every run's settings before anything is evaluated
+    if print_settings:
+        if coord.main:
+            for run_dir, _, settings in plans:
+                print((f"# {run_dir}\n" if len(plans) > 1 else "") + settings.to_yaml(), end="")
+        return None
+    summaries = []
+    based: set[str] = set()
+    for run_dir, checkpoint, settings in plans:
+        with_base = base
+        if run_dir is not None:
+            # The base model is evaluated once per model and protocol, beside the first of its runs.
+            key = settings.model_dump_json(include={"model", "prompt", "eval", "rollout"})
+            with_base = base if base is not None else key not in based
+            based.add(key)
+            if runs:
+                say(f"evaluating training run {run_dir} ({checkpoint.name})")
+        targets = coord.agree("targets", lambda: ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint,
+                                                                 vectors=vectors, adapter=adapter, with_base=with_base))
+        done = ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
+        summaries.extend((x, run_dir) for x in done)
+    if len(plans) == 1:
+        return [x for x, _ in summaries]
+    # Several runs: name the table's columns by run (they would all read "final").
+    bases = sum(x["label"] == "base" for x, _ in summaries)
+    out = []
+    for x, run_dir in summaries:
+        name = _run_name(run_dir, [r for r, _, _ in plans])
+        if x["label"] == "base":
+            label = "base" if bases == 1 else f"base ({name})"
+        else:
+            label = name if x["label"] == "final" else f"{name} {x['label']}"
+        out.append(dict(x, label=label))
+    return out
+
+
+def _resolve(*, runs: list[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
+             fields: Optional[str], preset: Optional[str], config: Optional[Path], sets: Optional[list[str]],
+             flags: dict[str, Any], say: Callable[[str], None]) -> tuple[list[tuple[Any, Any, Any]], Any]:
+    """(run, checkpoint, settings) of everything to evaluate (run and checkpoint None for a model) and
+    the field map, from the command line; reads only."""
     from steer_cli import evaluate as ev
     from steer_cli.data.records import FieldMap
 
     if vectors is not None and adapter is not None:
         raise SteerError("--vectors and --adapter together: evaluate one trained thing at a time")
     field_map = FieldMap.from_spec(fields) if fields else None
-    run_dir = checkpoint = None
     names_model = (model or vectors or adapter or preset or config
                    or any(s.strip().startswith("model.name=") for s in sets or []))
-    if run is not None:
-        run_dir, checkpoint = ev.resolve_run(run)
-        say(f"evaluating training run {run_dir} ({checkpoint.name})")
+    if runs:
+        if vectors is not None or adapter is not None:
+            raise SteerError("a training run already names what to evaluate; drop --vectors/--adapter, or drop RUN")
+        checkpoints = _resolve_runs(runs)
+        if len(checkpoints) > 1 and flags.get("output.output_dir"):
+            raise SteerError(f"--output-dir names one directory, but {len(checkpoints)} runs are to be evaluated; "
+                             "drop it (each run's results go to <run>/eval/) or pass one run")
     elif not names_model:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
-        run_dir, checkpoint = ev.resolve_run(latest_run(runs_dir, kind="train"))
-        say(f"evaluating the most recent training run: {run_dir} ({checkpoint.name})")
-    if run_dir is not None:
-        settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
-                                     base=ev.run_settings_layer(run_dir), infer_preset=False)
+        checkpoints = [ev.resolve_run(latest_run(runs_dir, kind="train"))]
+        say(f"evaluating the most recent training run: {checkpoints[0][0]} ({checkpoints[0][1].name})")
     else:
         if model is None and (vectors is not None or adapter is not None):
             flags = dict(flags, **{"model.name": ev.base_model_of(vectors=vectors, adapter=adapter)})
             say(f"base model from {vectors or adapter}: {flags['model.name']}")
-        settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags)
-    targets = ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint, vectors=vectors, adapter=adapter,
-                              with_base=base)
-    return settings, targets, field_map
+        return [(None, None, settings_from_cli(preset=preset, config=config, sets=sets, flags=flags))], field_map
+    return [(run_dir, checkpoint, settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
+                                                    base=ev.run_settings_layer(run_dir), infer_preset=False))
+            for run_dir, checkpoint in checkpoints], field_map
+
+
+def _resolve_runs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(run, checkpoint) of each argument; a directory that is not a run stands for the runs under it."""
+    from steer_cli import evaluate as ev
+    from steer_cli.runs import training_runs_under
+
+    found: list[tuple[Path, Path]] = []
+    for path in paths:
+        try:
+            found.append(ev.resolve_run(path))
+        except SteerError:
+            under = training_runs_under(path) if Path(path).is_dir() else []
+            if not under:
+                raise
+            found.extend(ev.resolve_run(r) for r in under)
+    unique = list(dict.fromkeys((r.resolve(), c.resolve()) for r, c in found))
+    if len(unique) < len(found):
+        found = [next(x for x in found if (x[0].resolve(), x[1].resolve()) == u) for u in unique]
+    return found
+
+
+def _run_name(run: Path, all_runs: list[Path]) -> str:
+    """A run's path below the runs' common directory (runs/demo/demo/lora/seed-0 -> lora/seed-0)."""
+    import os
+
+    common = Path(os.path.commonpath([str(r.resolve()) for r in all_runs]))
+    rel = run.resolve().relative_to(common)
+    return str(rel) if str(rel) != "." else run.name

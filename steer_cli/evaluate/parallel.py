@@ -107,6 +107,7 @@ class Coordinator:
         self.store = store
         # A torchrun restart runs the phases again: keep its keys apart.
         self.prefix = f"steer-eval/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        self.phases = 0  # every process agrees on the same phases in the same order: number them
 
     @classmethod
     def connect(cls) -> "Coordinator":
@@ -155,6 +156,8 @@ class Coordinator:
         post: dict[str, Any] = {"error": error}
         if share and self.main:
             post["value"] = value
+        self.phases += 1
+        phase = f"{self.phases}-{phase}"
         self.store.set(self._key(phase, self.rank), json.dumps(post))
         keys = [self._key(phase, r) for r in range(self.world)]
         self.store.wait(keys, PHASE_TIMEOUT)
