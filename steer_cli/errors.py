@@ -11,3 +11,13 @@ class SteerError(Exception):
     """
 
     exit_code = 2
+
+
+class Interrupted(Exception):
+    """The command stopped on a scheduler's signal (SIGTERM/SIGUSR1) after keeping what it had
+    finished; running the same command again continues (``steer train`` with ``--resume``).
+
+    The CLI prints ``stopped: <message>`` on one line and exits with code 75 (``EXIT_PREEMPTED``).
+    """
+
+    exit_code = 75

@@ -4,37 +4,22 @@ seed). The kills come from STEER_FAULT (steer_cli/faults.py), so they land exact
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import torch
+from demo_runs import train_demo as _train
 
 from steer_cli.vectors import load_vectors
 
-ARGS = ["train", "--max-steps", "6", "--save-every", "2", "--prompts-per-step", "4", "--num-generations", "4",
-        "--lr", "0.03", "--set", "train.warmup_ratio=0", "--set", "train.grader_workers=0"]
 
-
-def _train(out, *extra, fault=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("STEER_FAULT", None)
-    if fault:
-        env["STEER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "steer_cli", *ARGS, "--output-dir", str(out), *extra],
-                          env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path):
-    whole = tmp_path / "whole"
-    assert _train(whole).returncode == 0
-    reference, _ = load_vectors(whole / "final" / "vectors.safetensors")
+def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, uninterrupted_demo_run):
+    reference, _ = load_vectors(uninterrupted_demo_run / "final" / "vectors.safetensors")
 
     run = tmp_path / "run"
     killed = _train(run, fault="generate@3")  # rollouts of step 3 done, checkpoint-2 on disk
     assert killed.returncode == -signal.SIGKILL
     assert (run / "checkpoint-2").is_dir() and not (run / "final").exists()
+    assert (run / ".steer.lock").exists()  # left by the killed run; its lock died with it
 
     killed = _train(run, "--resume", fault="checkpoint@4")  # mid-write of checkpoint-4
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -52,3 +37,4 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path):
     assert torch.equal(resumed, reference)
     steps = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 6
+    assert not (run / ".steer.lock").exists()  # a run that ends removes its lock file

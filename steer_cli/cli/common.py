@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 import typer
 
-from steer_cli.errors import SteerError
+from steer_cli.errors import Interrupted, SteerError
+from steer_cli.lock import is_lock_file
 from steer_cli.settings import (
     Layer,
     Settings,
@@ -115,7 +116,7 @@ def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Pat
             continue
         if kind == "eval" and not (run / "summary.json").exists():
             continue
-        stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file()), default=0.0)
+        stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file() and not is_lock_file(p)), default=0.0)
         candidates.append((stamp, str(run)))
     if not candidates:
         what = {"train": "training run", "eval": "evaluation"}.get(kind or "", "run")
@@ -130,11 +131,15 @@ def info(message: str) -> None:
 
 
 def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a library function; SteerError becomes a one-line message and exit code 2."""
+    """Call a library function; SteerError becomes a one-line message and exit code 2, a stop on
+    SIGTERM/SIGUSR1 (Interrupted) one line and exit code 75."""
     try:
         return fn(*args, **kwargs)
     except SteerError as err:
         fail(str(err))
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        raise typer.Exit(Interrupted.exit_code) from None
     except KeyboardInterrupt:
         info("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
