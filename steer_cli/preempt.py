@@ -26,13 +26,16 @@ class StopSignals:
     """Context manager: while active, SIGTERM/SIGUSR1 set ``requested`` instead of ending the process.
 
     ``deadline``: seconds from the first signal (or from ``start_deadline()``) after which the
-    process exits with ``EXIT_PREEMPTED`` and ``deadline_message`` on stderr. Outside the main
-    thread signal handlers cannot be set; then this does nothing.
+    process exits with ``EXIT_PREEMPTED`` and ``deadline_message`` on stderr. ``interrupt``: raise
+    ``Interrupted("<signal>: <interrupt>")`` at once from the first signal instead (for commands
+    whose finished work is already on disk, like ``steer eval``). Outside the main thread signal
+    handlers cannot be set; then this does nothing.
     """
 
-    def __init__(self, deadline: float | None, deadline_message: str = "") -> None:
+    def __init__(self, deadline: float | None, deadline_message: str = "", *, interrupt: str | None = None) -> None:
         self.deadline = deadline
         self.deadline_message = deadline_message
+        self.interrupt = interrupt
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
@@ -62,6 +65,8 @@ class StopSignals:
         if self.signum is None:  # a repeated signal is ignored, see the module docstring
             self.signum = signum
             self.start_deadline()
+            if self.interrupt is not None:
+                raise Interrupted(f"{self.signal_name}: {self.interrupt}")
 
     def start_deadline(self) -> None:
         """Start the deadline (once): the first signal does; so does a process that learns of a

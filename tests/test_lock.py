@@ -142,3 +142,18 @@ def test_extract_merge_and_fold_outputs_in_use_are_refused(tmp_path, capsys, com
     code, err = _cli(argv, capsys)  # free again: it works, and leaves no lock file
     assert code == 0, err
     assert out.exists() and not (tmp_path / f".{out.name}.lock").exists()
+
+
+def test_eval_output_in_use_is_refused_and_nothing_written(tiny_lm, shared_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    argv = ["eval", "--model", tiny_lm, "--data-dir", shared_data, "--benchmarks", "gsm8k", "--limit", "1",
+            "--max-new-tokens", "4", "--set", "train.grader_workers=0", "-o", out]
+    with hold_dir(out, "steer train"):
+        code, err = _cli(argv, capsys)
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{out} is in use by steer train (pid {os.getpid()}" in err and "another --output-dir" in err
+    code, err = _cli(argv, capsys)
+    assert code == 0, err
+    assert (out / "summary.json").exists() and not (out / LOCK_NAME).exists()

@@ -7,6 +7,7 @@ itself the signal at an exact point, so nothing here depends on timing."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -134,3 +135,47 @@ def test_fault_points_act_once_under_torchrun_restarts_and_on_the_chosen_rank(mo
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(ValueError, match="nonsense"):
         faults.maybe_die("generate", 2)
+
+
+def test_eval_stops_on_sigterm_keeps_finished_results_and_the_same_command_continues(
+        tiny_lm, shared_data, tmp_path, monkeypatch, coin_grader):
+    import signal
+
+    from typer.testing import CliRunner
+
+    import steer_cli.evaluate.run as eval_run
+    from steer_cli.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+
+    def args(out):
+        return ["eval", "--model", str(tiny_lm), "--data-dir", str(shared_data), "--benchmarks", "aime24,gsm8k",
+                "--samples", "2", "--temperature", "1.0", "--seeds", "0,1", "--limit", "2", "--max-new-tokens", "8",
+                "--set", "train.grader_workers=0", "-o", str(out)]
+
+    whole = tmp_path / "whole"
+    assert runner.invoke(app, args(whole)).exit_code == 0
+
+    out = tmp_path / "out"
+    write = eval_run.write_results
+
+    def write_then_sigterm(path, lines):  # the scheduler's SIGTERM right after the first file
+        write(path, lines)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(eval_run, "write_results", write_then_sigterm)
+    stopped = runner.invoke(app, args(out))
+    assert stopped.exit_code == EXIT_PREEMPTED, stopped.output
+    (line,) = [x for x in stopped.stderr.splitlines() if x.startswith("stopped:")]
+    assert line.startswith("stopped: SIGTERM: finished (benchmark, seed) results in ") and "same command" in line
+    assert "Traceback" not in stopped.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jsonl")) == ["seed-0/aime24.jsonl"]
+    assert not (out / "summary.json").exists() and not (out / ".steer.lock").exists()
+
+    monkeypatch.setattr(eval_run, "write_results", write)
+    again = runner.invoke(app, args(out))
+    assert again.exit_code == 0, again.output
+    assert again.output.count("finished earlier, skipped") == 1
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, whole))
+    assert summary["benchmarks"] == reference["benchmarks"] and summary["average"] == reference["average"]

@@ -4,6 +4,7 @@ grade and write per (target, benchmark, seed), and the summaries."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -79,8 +80,28 @@ def evaluate(
 
     Everything is checked (benchmarks, data, vectors shapes, output directories, prompts) before
     anything is written; finished (benchmark, seed) files from an earlier run with the same
-    protocol are kept and reported as skipped.
+    protocol are kept and reported as skipped. Each output directory is locked for the whole call
+    (one writer); SIGTERM/SIGUSR1 stop it at once (``Interrupted``, exit code 75) keeping the
+    finished files, so the same command continues.
     """
+    from steer_cli.lock import hold_dir
+    from steer_cli.preempt import StopSignals
+
+    outs = list(dict.fromkeys(t.output_dir for t in targets if t.output_dir is not None))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(StopSignals(
+            settings.train.preempt_save_timeout, "the evaluation did not stop within train.preempt_save_timeout; "
+            "finished results are kept: run the same command to continue",
+            interrupt=f"finished (benchmark, seed) results in {', '.join(map(str, outs))} are kept: run the same "
+                      "command to continue"))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only the main process writes
+            for out in outs:
+                stack.enter_context(hold_dir(out, "steer eval"))
+        return _evaluate(settings, targets, fields=fields, interactive=interactive)
+
+
+def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional[FieldMap],
+              interactive: Optional[bool]) -> list[dict[str, Any]]:
     from steer_cli.rollout.base import SamplingSpec
 
     benches = load_benchmarks(settings, fields)
