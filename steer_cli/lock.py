@@ -42,14 +42,8 @@ def hold_dir(path: str | os.PathLike, what: str, *, hint: str = "another --outpu
     created is removed again on exit when nothing but the lock file went into it.
     """
     path = Path(path)
-    created = _make_dirs(path)
-    try:
-        with _hold(path / LOCK_NAME, path, what, hint):
-            yield path
-    finally:
-        for d in created:  # innermost first; only what is still empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
+    with _directory(path), _hold(path / LOCK_NAME, path, what, hint):
+        yield path
 
 
 @contextlib.contextmanager
@@ -58,25 +52,30 @@ def hold_output(path: str | os.PathLike, what: str, *, hint: str = "another -o")
     through ``.<name>.lock`` beside it. A missing parent directory is created (and removed again
     when nothing went into it)."""
     path = Path(path)
-    created = _make_dirs(path.parent)
+    with _directory(path.parent), _hold(path.with_name(f".{path.name}.lock"), path, what, hint):
+        yield path
+
+
+@contextlib.contextmanager
+def _directory(path: Path) -> Iterator[None]:
+    """Create directory ``path`` if missing; on exit remove those this created that are empty."""
+    missing = [p for p in [path, *path.parents] if not p.exists()]  # innermost first
+    _make_dirs(path)
     try:
-        with _hold(path.with_name(f".{path.name}.lock"), path, what, hint):
-            yield path
+        yield
     finally:
-        for d in created:
+        for d in missing:
             with contextlib.suppress(OSError):
                 d.rmdir()
 
 
-def _make_dirs(path: Path) -> list[Path]:
-    missing = [p for p in [path, *path.parents] if not p.exists()]
+def _make_dirs(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise SteerError(f"output path {path} exists and is not a directory") from None
     except OSError as err:
         raise SteerError(f"cannot create output directory {path}: {err.strerror or err}") from None
-    return missing  # innermost first
 
 
 @contextlib.contextmanager
