@@ -105,7 +105,7 @@ def test_the_lock_file_leaves_a_directory_empty_and_survives_overwrite(tmp_path)
 
 
 def test_latest_run_ignores_the_lock_file(tmp_path):
-    from steer_cli.cli.common import latest_run
+    from steer_cli.runs import latest_run
 
     for name in ("old", "new"):
         (tmp_path / name).mkdir()

@@ -47,7 +47,7 @@ def extract_command(
     from steer_cli.extract import extract
 
     if source is None:
-        from steer_cli.cli.common import latest_run
+        from steer_cli.runs import latest_run
 
         source = run_command(latest_run, runs_dir, kind="train")
         info(f"using the most recent training run: {source}")
