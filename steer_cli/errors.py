@@ -11,3 +11,15 @@ class SteerError(Exception):
     """
 
     exit_code = 2
+
+
+class Interrupted(BaseException):
+    """The command stopped on a scheduler's signal (SIGTERM/SIGUSR1) after keeping what it had
+    finished; running the same command again continues (``steer train`` with ``--resume``).
+
+    The CLI prints ``stopped: <message>`` on one line and exits with code 75 (``EXIT_PREEMPTED``).
+    A BaseException, like KeyboardInterrupt: raised from a signal handler (``steer eval``), it must
+    not be swallowed by an ``except Exception`` wherever it lands.
+    """
+
+    exit_code = 75

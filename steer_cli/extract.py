@@ -425,22 +425,24 @@ def extract(source: str | Path, output: str | Path, *, fmt: str | None = None, o
 
     ``place`` sets where the vectors go for a source that does not record it (an .npy matrix).
     """
+    from steer_cli.lock import hold_output
     from steer_cli.patching.steering import PLACES
 
     output = Path(output).expanduser()
     fmt = output_format(output, fmt)
     if place is not None and place not in PLACES:
         raise SteerError(f"--place must be one of {', '.join(PLACES)}, got {place!r}")
-    if output.exists() and not overwrite:  # before reading a possibly large checkpoint
-        raise SteerError(f"{output} exists; pass --overwrite to replace it")
-    extracted = read_source(source)
-    notes = list(extracted.notes)
-    if place is not None:
-        if extracted.kind != ".npy matrix" and extracted.meta.get("place", place) != place:
-            raise SteerError(f"{extracted.source} records place {extracted.meta['place']}; --place {place} "
-                             "would change what the vectors do")
-        extracted.meta["place"] = place
-        notes = [n for n in notes if "records no place" not in n]
-    meta = vectors_meta(extracted)
-    notes += write_output(extracted.vectors, meta, output, fmt, overwrite=overwrite, drop_layer_0=drop_layer_0)
+    with hold_output(output, "steer extract"):
+        if output.exists() and not overwrite:  # before reading a possibly large checkpoint
+            raise SteerError(f"{output} exists; pass --overwrite to replace it")
+        extracted = read_source(source)
+        notes = list(extracted.notes)
+        if place is not None:
+            if extracted.kind != ".npy matrix" and extracted.meta.get("place", place) != place:
+                raise SteerError(f"{extracted.source} records place {extracted.meta['place']}; --place {place} "
+                                 "would change what the vectors do")
+            extracted.meta["place"] = place
+            notes = [n for n in notes if "records no place" not in n]
+        meta = vectors_meta(extracted)
+        notes += write_output(extracted.vectors, meta, output, fmt, overwrite=overwrite, drop_layer_0=drop_layer_0)
     return ExtractResult(output, fmt, extracted, notes)

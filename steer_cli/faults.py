@@ -1,15 +1,27 @@
-"""Fault injection for the kill-and-resume tests.
+"""Fault injection for the kill-, signal- and lock-tests.
 
-``STEER_FAULT=<point>@<step>`` makes ``steer train`` kill itself with SIGKILL when it reaches that
-point of that step (1-based): ``generate`` (rollouts done, update not started), ``update``
-(gradients computed, optimizer not stepped) or ``checkpoint`` (checkpoint files written, not yet
-renamed into place). Unset, it costs one environment lookup per point.
+``STEER_FAULT=<point>@<step>[:<action>]`` (several, comma-separated) acts when ``steer train``
+reaches that point of that step (1-based): ``generate`` (rollouts done, update not started),
+``update`` (gradients computed, optimizer not stepped) or ``checkpoint`` (checkpoint files
+written, not yet renamed into place). Actions:
+
+- ``kill`` (the default): SIGKILL itself;
+- ``term`` / ``usr1``: send itself SIGTERM / SIGUSR1 and go on (what a scheduler does);
+- ``hang``: block until something ends the process;
+- ``wait=<file>``: create ``<file>.reached``, then block until ``<file>`` exists.
+
+``STEER_FAULT_RANK=<r>`` limits faults to the process of that rank (``RANK``). Under torchrun
+they act only in the first attempt, so workers it restarts run clean. Unset, a point costs one
+environment lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
+from pathlib import Path
 
 POINTS = ("generate", "update", "checkpoint")
 
@@ -18,6 +30,29 @@ def maybe_die(point: str, step: int) -> None:
     spec = os.environ.get("STEER_FAULT")
     if not spec:
         return
-    name, _, at = spec.partition("@")
-    if name == point and at.isdigit() and int(at) == step:
+    rank = os.environ.get("STEER_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    for item in spec.split(","):
+        where, _, action = item.strip().partition(":")
+        name, _, at = where.partition("@")
+        if name == point and at.isdigit() and int(at) == step:
+            _act(action or "kill")
+
+
+def _act(action: str) -> None:
+    if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action in ("term", "usr1"):
+        os.kill(os.getpid(), signal.SIGTERM if action == "term" else signal.SIGUSR1)
+    elif action == "hang":
+        threading.Event().wait()
+    elif action.startswith("wait="):
+        gate = Path(action[len("wait="):])
+        Path(f"{gate}.reached").write_text(str(os.getpid()))
+        while not gate.exists():  # a test opens the gate; polling keeps signals deliverable
+            time.sleep(0.05)
+    else:
+        raise ValueError(f"STEER_FAULT: unknown action {action!r}")

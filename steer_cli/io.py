@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from steer_cli.lock import LOCK_NAME
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -77,9 +79,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clear_dir(path: str | os.PathLike) -> None:
-    """Delete what a directory holds (links are removed, not followed); keep the directory."""
+def clear_dir(path: str | os.PathLike, keep: frozenset[str] = frozenset({LOCK_NAME})) -> None:
+    """Delete what a directory holds (links are removed, not followed); keep the directory and
+    the entries named in ``keep`` (the lock file of the command that clears it)."""
     for child in Path(path).iterdir():
+        if child.name in keep:
+            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:

@@ -134,14 +134,16 @@ def merge_files(paths: Sequence[str | Path], output: str | Path, *, mean: bool =
                 overwrite: bool = False, fmt: str | None = None) -> MergeResult:
     """Merge vectors files (or runs/checkpoints) into one file at ``output``."""
     from steer_cli.extract import output_format, write_output
+    from steer_cli.lock import hold_output
 
     output = Path(output).expanduser()
     fmt = output_format(output, fmt)
-    if output.exists() and not overwrite:
-        raise SteerError(f"{output} exists; pass --overwrite to replace it")
-    items = [read_source(p) for p in paths]
-    merged, meta = merge_vectors(items, mean=mean, fill_zeros=fill_zeros)
-    notes = write_output(merged, meta, output, fmt, overwrite=overwrite)
+    with hold_output(output, "steer merge"):
+        if output.exists() and not overwrite:
+            raise SteerError(f"{output} exists; pass --overwrite to replace it")
+        items = [read_source(p) for p in paths]
+        merged, meta = merge_vectors(items, mean=mean, fill_zeros=fill_zeros)
+        notes = write_output(merged, meta, output, fmt, overwrite=overwrite)
     if fill_zeros:
         missing = [i for i in range(merged.shape[0]) if i not in meta["layers"]]
         if missing:
@@ -174,6 +176,15 @@ def _check_fold_dir(output: Path, overwrite: bool) -> None:
 def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = None, overwrite: bool = False,
                 check_tokens: int = 16) -> FoldResult:
     """Write ``model`` with ``vectors`` folded into its weights to ``output`` (save_pretrained + tokenizer)."""
+    from steer_cli.lock import hold_output
+
+    # The lock is a sibling .<name>.lock: the output directory is replaced as a whole.
+    with hold_output(Path(output).expanduser(), "steer merge --fold"):
+        return _fold_to_dir(vectors, output, model=model, overwrite=overwrite, check_tokens=check_tokens)
+
+
+def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, overwrite: bool,
+                 check_tokens: int) -> FoldResult:
     import torch
     from transformers import AutoConfig
 

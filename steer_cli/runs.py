@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from steer_cli.errors import SteerError
+from steer_cli.lock import is_lock_file
 
 
 def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Path:
@@ -27,7 +28,7 @@ def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Pat
             continue
         if kind == "eval" and not (run / "summary.json").exists():
             continue
-        stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file()), default=0.0)
+        stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file() and not is_lock_file(p)), default=0.0)
         candidates.append((stamp, str(run)))
     if not candidates:
         what = {"train": "training run", "eval": "evaluation"}.get(kind or "", "run")

@@ -119,6 +119,7 @@ class TrainSettings(_Group):
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
     save_every: Optional[int] = Field(None, gt=0, description="Checkpoint every N steps (default: a sixth of the run).")
     keep_last: int = Field(5, gt=0, description="Checkpoints kept (older ones are deleted).")
+    preempt_save_timeout: float = Field(120.0, gt=0, description="Seconds from SIGTERM/SIGUSR1 to exit: the step in flight is finished or dropped and a checkpoint written; past them the run exits at once, keeping the previous checkpoint (exit code 75 either way; also bounds steer eval's exit).")
     max_nonfinite_steps: int = Field(3, gt=0, description="Stop after this many non-finite updates in a row.")
     grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
     grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
@@ -175,7 +176,7 @@ class Settings(_Group):
 RUNTIME_KEYS = frozenset({
     "preset", "output.output_dir", "output.runs_dir", "output.overwrite", "output.resume",
     "train.grader_workers", "train.grade_timeout", "train.trackers", "train.save_every",
-    "train.keep_last", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
+    "train.keep_last", "train.preempt_save_timeout", "train.max_steps", "rollout.vllm.gpu_memory_utilization",
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
     "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
     "train.kl_reference_offload",

@@ -36,6 +36,18 @@ def tiny_problems(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_demo_run(tmp_path_factory) -> Path:
+    """The demo trained with demo_runs.ARGS without interruption: what every interrupted and
+    resumed run must equal bit for bit."""
+    from demo_runs import train_demo
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = train_demo(out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 class CoinGrader:
     """Stands in for the math grader: 'correct' by a hash of the text, so rewards vary
     deterministically and random tiny models still produce non-zero advantages."""

@@ -5,36 +5,21 @@ seed). The kills come from STEER_FAULT (steer_cli/faults.py), so they land exact
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
+from demo_runs import train_demo as _train
 
+from steer_cli.lock import LOCK_NAME
 from steer_cli.train.checkpoint import list_checkpoints
 from steer_cli.vectors import load_vectors
 
-ARGS = ["train", "--max-steps", "6", "--save-every", "2", "--prompts-per-step", "4", "--num-generations", "4",
-        "--lr", "0.03", "--set", "train.warmup_ratio=0", "--set", "train.grader_workers=0"]
 
-
-def _train(out, *extra, fault=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("STEER_FAULT", None)
-    if fault:
-        env["STEER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "steer_cli", *ARGS, "--output-dir", str(out), *extra],
-                          env=env, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+@pytest.fixture
+def reference(uninterrupted_demo_run):
     """The final vectors of an uninterrupted run."""
-    whole = tmp_path_factory.mktemp("whole") / "run"
-    assert _train(whole).returncode == 0
-    return load_vectors(whole / "final" / "vectors.safetensors")[0]
+    return load_vectors(uninterrupted_demo_run / "final" / "vectors.safetensors")[0]
 
 
 def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, reference):
@@ -42,6 +27,7 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, reference
     killed = _train(run, fault="generate@3")  # rollouts of step 3 done, checkpoint-2 on disk
     assert killed.returncode == -signal.SIGKILL
     assert (run / "checkpoint-2").is_dir() and not (run / "final").exists()
+    assert (run / LOCK_NAME).exists()  # left by the killed run; its lock died with it
 
     killed = _train(run, "--resume", fault="checkpoint@4")  # mid-write of checkpoint-4
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -59,10 +45,12 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, reference
     assert torch.equal(resumed, reference)
     steps = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 6
+    assert not (run / LOCK_NAME).exists()  # a run that ends removes its lock file
 
 
 def _snapshot(path):
-    return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+    # The lock file a killed run left behind is taken over (and removed) by the next command.
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file() and p.name != LOCK_NAME}
 
 
 def test_killed_before_its_first_checkpoint_and_requeued_with_resume(tmp_path, reference):

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from steer_cli import __version__
-from steer_cli.errors import SteerError
+from steer_cli.errors import Interrupted, SteerError
 
 app = typer.Typer(
     name="steer",
@@ -54,3 +54,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SteerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(Interrupted.exit_code)

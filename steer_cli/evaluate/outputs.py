@@ -12,6 +12,7 @@ from steer_cli.data.records import Problem
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.targets import is_training_run
 from steer_cli.io import atomic_path, atomic_write_json, atomic_write_text, clear_dir
+from steer_cli.lock import is_lock_file
 from steer_cli.settings import Settings
 
 SUMMARY_KIND = "steer-eval"
@@ -24,7 +25,7 @@ def check_output_dir(out: Path, ident: dict[str, Any], overwrite: bool) -> str:
     holds another protocol's results."""
     if out.exists() and not out.is_dir():
         raise SteerError(f"output path {out} exists and is not a directory")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(not is_lock_file(p) for p in out.iterdir()):  # our lock: still new
         return "new"
     target_file = out / "target.json"
     if target_file.is_file():

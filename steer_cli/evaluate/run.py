@@ -233,11 +233,34 @@ def evaluate(
 
     Everything is checked (benchmarks, data, vectors shapes, output directories, prompts) on every
     process before anything is written; finished (benchmark, seed) files and finished shards from
-    an earlier run with the same protocol are kept.
+    an earlier run with the same protocol are kept. The main process locks each output directory
+    for the whole call (one writer per directory); SIGTERM/SIGUSR1 stop every process at once
+    (``Interrupted``, exit code 75) keeping the finished shards, so the same command continues.
     """
-    from steer_cli.rollout.base import SamplingSpec
+    from steer_cli.lock import hold_dir
+    from steer_cli.preempt import StopSignals
 
     coord = coord or Coordinator()
+    outs = list(dict.fromkeys(t.output_dir for t in targets if t.output_dir is not None))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(StopSignals(
+            settings.train.preempt_save_timeout, "the evaluation did not stop within train.preempt_save_timeout; "
+            "finished results are kept: run the same command to continue",
+            interrupt=f"finished results in {', '.join(map(str, outs))} are kept: run the same command to continue"))
+
+        def lock() -> None:  # the main process writes the directories: it holds them
+            if coord.main:
+                for out in outs:
+                    stack.enter_context(hold_dir(out, "steer eval"))
+
+        coord.agree("lock", lock)  # a directory in use stops every process before any check
+        return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord)
+
+
+def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional[FieldMap],
+              interactive: Optional[bool], coord: Coordinator) -> list[dict[str, Any]]:
+    from steer_cli.rollout.base import SamplingSpec
+
     started = time.perf_counter()
     reporter = Reporter(interactive, enabled=coord.main)
     benches, plans = coord.agree("check", lambda: _check(settings, targets, fields, coord))

@@ -21,7 +21,7 @@ import torch
 
 from steer_cli.errors import SteerError
 from steer_cli.faults import maybe_die
-from steer_cli.io import atomic_dir
+from steer_cli.io import atomic_dir, atomic_write_text
 from steer_cli.vectors import load_vectors, save_vectors
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -197,6 +197,20 @@ def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer
     _set_py_rng_state(state.get("python_rng"))
     _set_np_rng_state(state.get("numpy_rng"))
     return state
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines of steps after the checkpoint (they are redone) and a line torn by a kill."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _read_model_dir(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -200,3 +200,26 @@ def check_fsdp_settings(kind: str, fsdp: bool) -> None:
             f"train.fsdp (--fsdp) shards full fine-tuning; setup.kind = {kind} trains "
             f"{'vectors' if kind == 'steering' else 'an adapter'} small enough to replicate - drop --fsdp"
         )
+
+
+def training_state_bytes(params: list[Any], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this process holds of the trained parameters, their gradients (as float32 or the
+    parameter's dtype) and the optimizer state: under FSDP one shard of each."""
+    def local(t: Any) -> Any:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def nbytes(t: Any) -> int:
+        t = local(t)
+        return t.numel() * t.element_size()
+
+    out = {"parameters": sum(nbytes(p) for p in params), "gradients": sum(nbytes(p) for p in params),
+           "optimizer": sum(nbytes(v) for st in optimizer.state.values() for k, v in st.items()
+                            if torch.is_tensor(v) and k != "step")}
+    out["total"] = out["parameters"] + out["gradients"] + out["optimizer"]
+    return out
+
+
+def whole(t: Any) -> Any:
+    """A DTensor (a sharded parameter or a norm over sharded gradients) as one plain tensor."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t

@@ -10,22 +10,23 @@ are summed across processes, so every process holds identical parameters.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from steer_cli.errors import SteerError
+from steer_cli.errors import Interrupted, SteerError
 from steer_cli.faults import maybe_die
 from steer_cli.io import append_jsonl, atomic_write_text, clear_dir
+from steer_cli.lock import is_lock_file
 from steer_cli.settings import Settings, diff_settings, flatten, load_settings_file
 from steer_cli.train.checkpoint import (
     latest_checkpoint,
@@ -34,7 +35,11 @@ from steer_cli.train.checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
     save_final,
+    truncate_metrics,
 )
+from steer_cli.train.data import DataOrder, Example, load_examples, step_seed  # noqa: F401  (re-exported)
+from steer_cli.train.fsdp import training_state_bytes, whole
+from steer_cli.train.stopping import StepDropped, rng_state, set_rng_state, stop_message
 
 # ------------------------------------------------------------------------------------ settings
 
@@ -98,7 +103,7 @@ def check_output_dir(out_dir: Path, s: Settings) -> bool:
     exists = out_dir.exists()
     if exists and not out_dir.is_dir():
         raise SteerError(f"output path {out_dir} exists and is not a directory")
-    non_empty = exists and any(out_dir.iterdir())
+    non_empty = exists and any(not is_lock_file(p) for p in out_dir.iterdir())  # our lock: still empty
     settings_file = out_dir / "settings.yaml"
     if s.output.resume and non_empty:
         if not settings_file.exists():
@@ -155,68 +160,6 @@ def init_output_dir(out_dir: Path, s: Settings, *, continues: bool = False) -> N
         raise SteerError(f"cannot write to output directory {out_dir}: {err.strerror or err}") from None
 
 
-# ------------------------------------------------------------------------------------ data
-
-@dataclass
-class Example:
-    id: str
-    prompt_ids: list[int]
-    answer: str
-
-
-class DataOrder:
-    """Which problems each step takes: a seeded permutation per epoch, concatenated."""
-
-    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if self.shuffle:
-                self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-            else:
-                self._perms[epoch] = np.arange(self.size)
-        return self._perms[epoch]
-
-    def indices(self, step: int, per_step: int) -> list[int]:
-        start = step * per_step
-        return [int(self._perm((start + k) // self.size)[(start + k) % self.size]) for k in range(per_step)]
-
-
-def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str, int]]:
-    from steer_cli.data.datasets import load_train_set
-    from steer_cli.data.prompts import render_prompt
-    from steer_cli.data.records import FieldMap
-
-    fields = None
-    if s.data.problem_field or s.data.answer_field or s.data.answer_format:
-        fields = FieldMap(problem=s.data.problem_field or "problem", answer=s.data.answer_field or "answer",
-                          answer_kind=s.data.answer_format or "plain")
-    problems, skipped = load_train_set(s.data.dataset, data_dir=s.data.data_dir, fields=fields,
-                                       split=s.data.split, limit=s.data.limit)
-    examples, too_long = [], 0
-    cap = s.data.max_prompt_tokens
-    seq_cap = s.rollout.max_seq_length
-    for p in problems:
-        ids = render_prompt(tokenizer, p.problem, s.prompt.template, system_prompt=s.prompt.system_prompt,
-                            fmt=s.prompt.format, append_to=s.prompt.append_to)
-        if (cap and len(ids) > cap) or (seq_cap and len(ids) >= seq_cap):
-            too_long += 1
-            continue
-        examples.append(Example(p.id, ids, p.answer))
-    if not examples:
-        raise SteerError(
-            f"no usable training problems in {s.data.dataset}: {len(problems)} loaded, {too_long} with prompts "
-            "over the length limit (data.max_prompt_tokens / rollout.max_seq_length)"
-        )
-    return examples, {"problems": len(problems), "skipped_rows": skipped, "too_long": too_long}
-
-
-def step_seed(seed: int, step: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"rollout:{seed}:{step}".encode()).digest()[:4], "little")
-
-
 # ------------------------------------------------------------------------------------ training
 
 class Trainer:
@@ -225,6 +168,9 @@ class Trainer:
     def __init__(self, settings: Settings) -> None:
         check_training_settings(settings)
         self.s = settings
+        from steer_cli.preempt import StopSignals
+
+        self.stop = StopSignals(None)  # replaced by run(); here never set
 
     # -- setup -------------------------------------------------------------------------------
     def _init_distributed(self) -> None:
@@ -257,6 +203,7 @@ class Trainer:
         s = self.s
         self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
         self._init_distributed()
+        self._lock_output_dir()
         self.continues = check_output_dir(self.out_dir, s)
         from steer_cli.models import load_config
         from steer_cli.patching.archs import arch_for_config
@@ -300,7 +247,7 @@ class Trainer:
             self.trainable.autocast_dtype = compute
         from steer_cli.patching.archs import locate
 
-        self.unembed_hash = unembed_sha256(_whole(locate(model).unembed.weight))
+        self.unembed_hash = unembed_sha256(whole(locate(model).unembed.weight))
         per_epoch = len(self.examples) // s.train.prompts_per_step
         self.total_steps = s.train.max_steps or max(1, int(s.train.epochs * per_epoch))
         self.save_every = s.train.save_every or max(1, math.ceil(self.total_steps / 6))
@@ -325,6 +272,25 @@ class Trainer:
             init_output_dir(self.out_dir, s, continues=self.continues)
         self.acc.wait_for_everyone()
         self.backend = self._make_backend()
+
+    def _lock_output_dir(self) -> None:
+        """One writer per run directory: the main process locks it for the whole run, before
+        anything in it is read, written or cleared; the others learn whether it could."""
+        from steer_cli.lock import hold_dir
+
+        error = None
+        if self.main:
+            try:
+                self._stack.enter_context(hold_dir(self.out_dir, "steer train"))
+            except SteerError as err:
+                error = str(err)
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = broadcast_object_list([error], from_process=0)
+            error = box[0]
+        if error:
+            raise SteerError(error)
 
     def _make_backend(self) -> Any:
         if self.s.rollout.backend == "hf":
@@ -407,13 +373,24 @@ class Trainer:
             stop_token_ids=self.stop_ids, seed=step_seed(s.train.seed, step),
         )
         self.trainable.model.eval()
-        groups = self.backend.generate(prompts, sampling, first_index=self.rank * per_rank)
+        try:
+            groups = self.backend.generate(prompts, sampling, first_index=self.rank * per_rank)
+        except Exception:
+            if not self.stop.requested:
+                raise
+            groups = None  # the scheduler's signal also ended a vLLM engine: the step is dropped below
         t_gen = time.perf_counter()
         maybe_die("generate", step + 1)
+        # Check points: a stop signal drops the step before its update changes anything but the
+        # RNG (restored by run()); after them the step is finished, then saved.
+        if self._stop_requested():
+            raise StepDropped
 
         items = [(c.text, e.answer) for e, g in zip(examples, groups) for c in g]
         grades = grader.grade(items)
         t_grade = time.perf_counter()
+        if self._stop_requested():  # also: grader workers the signal ended graded their items wrong
+            raise StepDropped
         n = s.rollout.num_generations
         correct = torch.tensor([g.correct for g in grades], dtype=torch.bool).view(len(examples), n)
         rewards = torch.where(correct, s.train.reward_correct, s.train.reward_wrong).to(torch.float32)
@@ -443,9 +420,9 @@ class Trainer:
         loss_global, kl_global = self._sum_across([loss_sum, kl_sum])
         params = self.trainable.params
         if s.train.max_grad_norm:
-            grad_norm = float(_whole(torch.nn.utils.clip_grad_norm_(params, s.train.max_grad_norm)))
+            grad_norm = float(whole(torch.nn.utils.clip_grad_norm_(params, s.train.max_grad_norm)))
         else:
-            grad_norm = float(_whole(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])))
+            grad_norm = float(whole(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])))
         finite = math.isfinite(grad_norm) and math.isfinite(loss_global)
         maybe_die("update", step + 1)
         lr = self.scheduler.get_last_lr()[0]
@@ -461,7 +438,12 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         t_update = time.perf_counter()
-        sync_time = self._sync_backend() if finite else 0.0
+        try:
+            sync_time = self._sync_backend() if finite else 0.0
+        except Exception:
+            if not self.stop.requested:
+                raise
+            sync_time = 0.0  # stopping: the engine is not needed again
         t_end = time.perf_counter()
         if self.consecutive_nonfinite >= s.train.max_nonfinite_steps:
             raise SteerError(
@@ -596,11 +578,17 @@ class Trainer:
         self.consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
         step = int(state["step"])
         if self.main:
-            _truncate_metrics(self.out_dir / "metrics.jsonl", step)
+            truncate_metrics(self.out_dir / "metrics.jsonl", step)
         return step
 
     # -- main ----------------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self) -> Path | None:
+        with contextlib.ExitStack() as stack:
+            self._stack = stack  # holds the output directory's lock until the run has ended
+            return self._run()
+
+    def _run(self) -> Path | None:
+        from steer_cli.preempt import StopSignals
         from steer_cli.rewards import Grader
         from steer_cli.train.display import Display
 
@@ -608,17 +596,32 @@ class Trainer:
         self.nonfinite_total = 0
         self.consecutive_nonfinite = 0
         start = self._resume() if self.continues else 0
+        self._saved_step = start  # the state after this many steps is on disk (or is the start)
         if self.s.train.trackers:
             self.acc.init_trackers("steer", config=tracker_config(self.s))
         display = Display(self.total_steps, start, enabled=self.main, out_dir=self.out_dir,
                           info=self._describe())
         metrics_path = self.out_dir / "metrics.jsonl"
+        timeout = self.s.train.preempt_save_timeout
+        self.stop = StopSignals(timeout, deadline_message=(
+            f"no checkpoint written within train.preempt_save_timeout = {timeout:g} s of the stop signal; "
+            "the previous checkpoint is intact: run the same command with --resume to continue from it"))
         try:
-            with Grader(num_workers=self.s.train.grader_workers, timeout=self.s.train.grade_timeout,
-                        template=self.s.prompt.template,
-                        truncated_box_fallback=self.s.train.grade_truncated_box) as grader:
+            with self.stop, Grader(num_workers=self.s.train.grader_workers, timeout=self.s.train.grade_timeout,
+                                   template=self.s.prompt.template,
+                                   truncated_box_fallback=self.s.train.grade_truncated_box) as grader:
                 for step in range(start, self.total_steps):
-                    metrics = self.step(step, grader)
+                    if self._stop_requested():
+                        self._stop_at(step, dropped=False)
+                    rng = rng_state()
+                    try:
+                        metrics = self.step(step, grader)
+                    except StepDropped:
+                        # Back to the state after the last complete step, so that the checkpoint
+                        # and a resumed run equal an uninterrupted one.
+                        set_rng_state(rng)
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self._stop_at(step, dropped=True)
                     if self.main:
                         append_jsonl(metrics_path, metrics)
                         if self.s.train.trackers:
@@ -628,15 +631,40 @@ class Trainer:
                     done = step + 1
                     if done % self.save_every == 0 and done < self.total_steps:
                         self._save(done)
-            final = self._save_final(self.total_steps)
+                        self._saved_step = done
+                # A signal now changes nothing: final/ is written (the deadline still holds).
+                final = self._save_final(self.total_steps)
         finally:
             display.close()
             close = getattr(self.backend, "close", None) if hasattr(self, "backend") else None
             if close:
-                close()
+                # A scheduler's signal may have ended a vLLM engine's processes already.
+                with contextlib.suppress(Exception) if self.stop.requested else contextlib.nullcontext():
+                    close()
             if self.s.train.trackers:
                 self.acc.end_training()
         return final if self.main else None
+
+    # -- stopping on SIGTERM / SIGUSR1 -----------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        """Whether any process got a stop signal; all processes call this at the same points, so
+        they agree on the step they stop at."""
+        flag = self.stop.requested
+        if self.world > 1:
+            (flag,) = self._max_across([float(flag)])
+            flag = bool(flag)
+            if flag:
+                self.stop.start_deadline()
+        return flag
+
+    def _stop_at(self, done: int, *, dropped: bool) -> None:
+        """Save the state after ``done`` steps (unless it is on disk already) and stop."""
+        saved_now = done > self._saved_step
+        if saved_now:
+            self._save(done)
+            self._saved_step = done
+        raise Interrupted(stop_message(self.stop.signal_name, done, self.total_steps, dropped=dropped,
+                                       saved_now=saved_now))
 
     def _describe(self) -> str:
         t = self.trainable
@@ -646,43 +674,6 @@ class Trainer:
         return (f"{self.s.model.name} · {self.s.setup.kind} ({t.num_trainable:,} trainable) · "
                 f"{len(self.examples)} problems{dropped} · {self.total_steps} steps x {self.s.train.prompts_per_step} "
                 f"prompts x {self.s.rollout.num_generations} samples · {self.world} process(es) · {self.out_dir}")
-
-
-def training_state_bytes(params: list[Any], optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes this process holds of the trained parameters, their gradients (as float32 or the
-    parameter's dtype) and the optimizer state: under FSDP one shard of each."""
-    def local(t: Any) -> Any:
-        return t.to_local() if hasattr(t, "to_local") else t
-
-    def nbytes(t: Any) -> int:
-        t = local(t)
-        return t.numel() * t.element_size()
-
-    out = {"parameters": sum(nbytes(p) for p in params), "gradients": sum(nbytes(p) for p in params),
-           "optimizer": sum(nbytes(v) for st in optimizer.state.values() for k, v in st.items()
-                            if torch.is_tensor(v) and k != "step")}
-    out["total"] = out["parameters"] + out["gradients"] + out["optimizer"]
-    return out
-
-
-def _whole(t: Any) -> Any:
-    """A DTensor (a sharded parameter or a norm over sharded gradients) as one plain tensor."""
-    full = getattr(t, "full_tensor", None)
-    return full() if callable(full) else t
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines of steps after the checkpoint (they are redone) and a line torn by a kill."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def tracker_config(s: Settings) -> dict[str, Any]:
