@@ -50,6 +50,12 @@ def check_training_settings(s: Settings) -> None:
         problems.append("rollout.temperature must be > 0 for training (log-probs use logits / T)")
     if s.output.resume and s.output.overwrite:
         problems.append("--resume and --overwrite contradict each other; pick one")
+    try:
+        from steer_cli.reward_plugins import parse_reward
+
+        parse_reward(s.train.reward)
+    except SteerError as err:
+        problems.append(str(err))
     if s.train.fsdp and s.setup.kind != "full":
         problems.append(
             f"train.fsdp (--fsdp) shards full fine-tuning; setup.kind = {s.setup.kind} (--setup) trains "
@@ -140,6 +146,7 @@ class Example:
     id: str
     prompt_ids: list[int]
     answer: str
+    row: Any = None  # the data file's record (reward plug-ins receive it)
 
 
 class DataOrder:
@@ -182,13 +189,42 @@ def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str,
         if (cap and len(ids) > cap) or (seq_cap and len(ids) >= seq_cap):
             too_long += 1
             continue
-        examples.append(Example(p.id, ids, p.answer))
+        examples.append(Example(p.id, ids, p.answer, p.row))
     if not examples:
         raise SteerError(
             f"no usable training problems in {s.data.dataset}: {len(problems)} loaded, {too_long} with prompts "
             "over the length limit (data.max_prompt_tokens / rollout.max_seq_length)"
         )
     return examples, {"problems": len(problems), "skipped_rows": skipped, "too_long": too_long}
+
+
+def make_grader(s: Settings, *, workers: int | None = None) -> Any:
+    from steer_cli.rewards import Grader
+
+    return Grader(num_workers=s.train.grader_workers if workers is None else workers,
+                  timeout=s.train.grade_timeout, template=s.prompt.template,
+                  truncated_box_fallback=s.train.grade_truncated_box, reward=s.train.reward)
+
+
+def check_reward(s: Settings, first: Example) -> None:
+    """A plug-in reward's trial call on the first problem (its answer and an empty completion),
+    in a grader worker under the hard timeout: an import error, a missing function, an exception,
+    a wrong number of values or a non-finite one is a one-line error before anything is written."""
+    from steer_cli.reward_plugins import parse_reward
+
+    if not parse_reward(s.train.reward).plugin:
+        return
+    with make_grader(s, workers=min(1, s.train.grader_workers)) as grader:
+        grader.dry_run([first.answer, ""], first.answer, first.row)
+
+
+def reward_texts(completions: list[Any], tokenizer: Any, reward: str) -> list[str]:
+    """What the reward reads: math grades the text as decoded (stop token included, as always);
+    exact and plug-ins get it without the stop token that ended it."""
+    if reward == "math":
+        return [c.text for c in completions]
+    return [tokenizer.decode(c.token_ids[:-1], skip_special_tokens=False) if c.stopped else c.text
+            for c in completions]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -235,6 +271,10 @@ class Trainer:
         s = self.s
         self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
         self._init_distributed()
+        from steer_cli.reward_plugins import parse_reward, reward_sha256
+
+        # Recorded in settings.yaml, so --resume (diff_settings) refuses an edited plug-in file.
+        s.train.reward_sha256 = reward_sha256(parse_reward(s.train.reward))
         check_output_dir(self.out_dir, s)
         from steer_cli.models import load_config
         from steer_cli.patching.archs import arch_for_config
@@ -248,6 +288,7 @@ class Trainer:
         self.examples, self.data_counts = load_examples(s, self.tokenizer)
         self.stop_ids = completion_stop_ids(self.tokenizer, s.prompt.stop, s.model.name, revision=s.model.revision,
                                             trust_remote_code=s.model.trust_remote_code)
+        check_reward(s, self.examples[0])
         from steer_cli.models import pick_dtype
 
         compute = pick_dtype(s.model.dtype, self.acc.device, config)
@@ -389,12 +430,19 @@ class Trainer:
         t_gen = time.perf_counter()
         maybe_die("generate", step + 1)
 
-        items = [(c.text, e.answer) for e, g in zip(examples, groups) for c in g]
-        grades = grader.grade(items)
-        t_grade = time.perf_counter()
         n = s.rollout.num_generations
-        correct = torch.tensor([g.correct for g in grades], dtype=torch.bool).view(len(examples), n)
-        rewards = torch.where(correct, s.train.reward_correct, s.train.reward_wrong).to(torch.float32)
+        texts = reward_texts([c for g in groups for c in g], self.tokenizer, s.train.reward)
+        if getattr(grader, "plugin", False):  # the plug-in's float is the reward; a failed or overrun call gets reward_wrong
+            scores = grader.score([(t, examples[i // n].answer, examples[i // n].row) for i, t in enumerate(texts)])
+            rewards = torch.tensor([s.train.reward_wrong if x.value is None else x.value for x in scores],
+                                   dtype=torch.float32).view(len(examples), n)
+            correct, reward_errors = None, sum(x.value is None for x in scores)
+        else:
+            grades = grader.grade([(t, examples[i // n].answer) for i, t in enumerate(texts)])
+            correct = torch.tensor([g.correct for g in grades], dtype=torch.bool).view(len(examples), n)
+            rewards = torch.where(correct, s.train.reward_correct, s.train.reward_wrong).to(torch.float32)
+            reward_errors = sum(g.timed_out for g in grades)
+        t_grade = time.perf_counter()
         advantages = group_advantages(rewards, s.train.advantage)
 
         completions = [c for g in groups for c in g]
@@ -447,7 +495,8 @@ class Trainer:
                 f"gradient (step {step + 1}); lower the learning rate (--lr, now {s.train.lr:g})"
             )
         local = {
-            "correct": correct.view(-1).tolist(),
+            "correct": correct.view(-1).tolist() if correct is not None else [],
+            "reward_errors": [int(reward_errors)],
             "rewards": rewards.view(-1).tolist(),
             "lengths": [len(c.token_ids) for c in completions],
             "stopped": [c.stopped for c in completions],
@@ -486,7 +535,9 @@ class Trainer:
             "epoch": round((step + 1) * self.s.train.prompts_per_step / len(self.examples), 4),
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
-            "accuracy": float(torch.tensor(cat["correct"], dtype=torch.float32).mean()),
+            # a plug-in's rewards are not right or wrong: no accuracy
+            "accuracy": float(torch.tensor(cat["correct"], dtype=torch.float32).mean()) if cat["correct"] else None,
+            "reward_errors": sum(x for p in parts for x in p["reward_errors"]),
             "frac_same_reward_groups": float(np.mean(cat["same"])),
             "completion_len_mean": float(lengths.mean()),
             "completion_len_max": int(lengths.max()),
@@ -579,7 +630,6 @@ class Trainer:
 
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> Path:
-        from steer_cli.rewards import Grader
         from steer_cli.train.display import Display
 
         self._setup()
@@ -592,9 +642,7 @@ class Trainer:
                           info=self._describe())
         metrics_path = self.out_dir / "metrics.jsonl"
         try:
-            with Grader(num_workers=self.s.train.grader_workers, timeout=self.s.train.grade_timeout,
-                        template=self.s.prompt.template,
-                        truncated_box_fallback=self.s.train.grade_truncated_box) as grader:
+            with make_grader(self.s) as grader:
                 for step in range(start, self.total_steps):
                     metrics = self.step(step, grader)
                     if self.main:
