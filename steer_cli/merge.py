@@ -172,12 +172,14 @@ def _check_fold_dir(output: Path, overwrite: bool) -> None:
 
 
 def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = None, overwrite: bool = False,
-                check_tokens: int = 16) -> FoldResult:
-    """Write ``model`` with ``vectors`` folded into its weights to ``output`` (save_pretrained + tokenizer)."""
+                check_tokens: int = 16, scale: float = 1.0, layers: list[int] | None = None) -> FoldResult:
+    """Write ``model`` with ``vectors`` folded into its weights to ``output`` (save_pretrained + tokenizer);
+    ``scale`` and ``layers`` fold ``scale`` x the vectors of those layers only (``--scale``, ``--layers``)."""
     import torch
     from transformers import AutoConfig
 
     from steer_cli.io import atomic_dir
+    from steer_cli.extract import apply_strength
     from steer_cli.models import load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
     from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
     from steer_cli.vectors import check_fits, unembed_sha256
@@ -185,7 +187,7 @@ def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = 
     output = Path(output).expanduser()
     _check_fold_dir(output, overwrite)
     item = read_source(vectors)
-    notes: list[str] = []
+    notes: list[str] = apply_strength(item, scale, layers)
     if model is None:
         model = item.meta.get("base_model")
         if not model:

@@ -109,6 +109,29 @@ def parse_str_list(text: Optional[str]) -> Optional[list[str]]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+SCALE_HELP = ("Strength: multiply the vectors by this factor (0 = the base model, 1 = as trained, negative "
+              "turns them around).")
+LAYERS_HELP = "Apply the vectors only on these layers, e.g. 0-10,17 (default: every steered layer)."
+
+
+def one_scale(text: Optional[str], flag: str = "--scale") -> float:
+    """A single --scale factor (commands that write one file take one)."""
+    from steer_cli.strength import parse_scales
+
+    if text is None:
+        return 1.0
+    scales = parse_scales(text, flag)
+    if len(scales) != 1:
+        raise SteerError(f"{flag} takes one factor here, got {text!r}; run the command once per factor")
+    return scales[0]
+
+
+def layer_spec(text: Optional[str], flag: str = "--layers") -> Optional[list[int]]:
+    from steer_cli.strength import parse_layer_spec
+
+    return None if text is None else parse_layer_spec(text, flag)
+
+
 def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Path:
     """The most recently modified run directory (one holding settings.yaml) under ``runs_dir``.
 
