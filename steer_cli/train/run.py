@@ -221,10 +221,11 @@ def check_reward(s: Settings, first: Example) -> None:
 def reward_texts(completions: list[Any], tokenizer: Any, reward: str) -> list[str]:
     """What the reward reads: math grades the text as decoded (stop token included, as always);
     exact and plug-ins get it without the stop token that ended it."""
+    from steer_cli.rollout.base import content_text
+
     if reward == "math":
         return [c.text for c in completions]
-    return [tokenizer.decode(c.token_ids[:-1], skip_special_tokens=False) if c.stopped else c.text
-            for c in completions]
+    return [content_text(c, tokenizer) for c in completions]
 
 
 def step_seed(seed: int, step: int) -> int:
