@@ -1,0 +1,62 @@
+"""``steer eval``: the paper's benchmark protocols, applied to a base model, base + vectors, base + a
+LoRA adapter, or a training run's checkpoint; results written as JSON, never pickle.
+
+Protocol (fact sheet section 4): samples per problem from the benchmark (32 for AIME/AMC, 1 else);
+temperature 0 (greedy) for a base model and 1.0 / top_p 1.0 for a trained one unless set; greedy
+forces one sample and one seed; metrics avg@k, pass@1, mean@k per seed, then mean ± std over seeds;
+the paper's Average is the per-seed mean of the benchmarks' primary metrics. Prompts and grading
+are those of training (``render_prompt``, ``rewards.Grader``).
+
+Output directory of one evaluated thing ("target"):
+
+    settings.yaml              the resolved settings
+    target.json                what is evaluated and the protocol (compared on re-runs)
+    seed-<s>/<benchmark>.jsonl one line per problem: id, problem, answer, prompt_length,
+                               max_new_tokens, samples [{text, correct, length, stopped, has_answer}]
+    summary.json               metrics per benchmark and seed, mean ± std, the Average (written last)
+
+Each ``.jsonl`` is written whole (temporary file, then rename), so a finished (benchmark, seed) is
+never torn; a re-run with the same protocol skips those and rebuilds ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from steer_cli.evaluate.benchmarks import (
+    DEMO_BENCHMARK,
+    BenchmarkData,
+    load_benchmarks,
+    load_eval_benchmark,
+    resolve_eval_benchmarks,
+)
+from steer_cli.evaluate.generation import generate_benchmark
+from steer_cli.evaluate.models import EvalModels, LoadedVectors, load_target_vectors, model_dims, vllm_factory
+from steer_cli.evaluate.outputs import (
+    FORMAT_VERSION,
+    SUMMARY_KIND,
+    TARGET_KIND,
+    check_output_dir,
+    read_results,
+    results_path,
+    write_results,
+)
+from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
+from steer_cli.evaluate.run import evaluate
+from steer_cli.evaluate.summary import build_summary, describe_protocol, results_table
+from steer_cli.evaluate.targets import (
+    Target,
+    base_model_of,
+    checkpoint_artifact,
+    is_training_run,
+    plan_targets,
+    resolve_run,
+    run_settings_layer,
+)
+
+__all__ = [
+    "DEMO_BENCHMARK", "BenchmarkData", "load_benchmarks", "load_eval_benchmark", "resolve_eval_benchmarks",
+    "generate_benchmark", "EvalModels", "LoadedVectors", "load_target_vectors", "model_dims", "vllm_factory",
+    "FORMAT_VERSION", "SUMMARY_KIND", "TARGET_KIND", "check_output_dir", "read_results", "results_path",
+    "write_results", "Protocol", "identity", "resolve_protocol", "evaluate", "build_summary", "describe_protocol",
+    "results_table", "Target", "base_model_of", "checkpoint_artifact", "is_training_run", "plan_targets",
+    "resolve_run", "run_settings_layer",
+]

@@ -1,0 +1,175 @@
+"""Models and generation backends of an evaluation: vectors read and checked against the model,
+the hf base model loaded once and shared by base, steering and LoRA targets, or a vLLM engine."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from steer_cli.errors import SteerError
+from steer_cli.evaluate.targets import Target
+from steer_cli.settings import Settings
+
+
+@dataclass
+class LoadedVectors:
+    tensor: Any  # float32 [L, d]
+    layers: Optional[tuple[int, ...]]
+    place: str
+    sha256: str
+
+
+def model_dims(settings: Settings, name: Optional[str] = None) -> tuple[int, int]:
+    """(num_layers, hidden_size) from the model's config, without loading weights."""
+    from transformers import AutoConfig
+
+    from steer_cli.models import quiet_transformers, resolve_model
+
+    quiet_transformers()
+    path = resolve_model(name or settings.model.name)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=settings.model.revision,
+                                            trust_remote_code=settings.model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SteerError(f"cannot load model config from {path}: {first}") from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not layers or not hidden:
+        raise SteerError(f"cannot tell the number of layers and hidden size of {path} from its config")
+    return int(layers), int(hidden)
+
+
+def load_target_vectors(path: Path, settings: Settings, dims: tuple[int, int]) -> LoadedVectors:
+    """Read a vectors file and check it fits the model (both shapes named if not)."""
+    import torch
+
+    from steer_cli.vectors import check_fits, load_vectors
+
+    tensor, meta = load_vectors(path)
+    check_fits(tensor, dims[0], dims[1], source=path)
+    layers = meta.get("layers")
+    layer_ids = None if layers is None or list(layers) == list(range(dims[0])) else tuple(int(i) for i in layers)
+    place = meta.get("place") or settings.setup.steering.place
+    digest = hashlib.sha256(tensor.to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+    return LoadedVectors(tensor, layer_ids, str(place), digest)
+
+
+class EvalModels:
+    """Loads models lazily and hands out one generation backend per target; the hf base model is
+    shared by the base, steering and LoRA targets."""
+
+    def __init__(self, settings: Settings, tokenizer: Any) -> None:
+        self.s = settings
+        self.tokenizer = tokenizer
+        self._base: Any = None
+
+    def _device(self) -> str:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _load(self, name: str) -> Any:
+        from steer_cli.models import load_causal_lm
+
+        m = self.s.model
+        return load_causal_lm(name, dtype=m.dtype, device=self._device(), revision=m.revision,
+                              trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
+
+    def _base_model(self) -> Any:
+        if self._base is None:
+            self._base = self._load(self.s.model.name)
+        return self._base
+
+    @contextlib.contextmanager
+    def backend(self, target: Target, vectors: Optional[LoadedVectors]) -> Iterator[Any]:
+        if self.s.rollout.backend == "vllm":
+            yield from self._vllm(target, vectors)
+            return
+        from steer_cli.rollout.hf import HFBackend
+
+        batch = self.s.rollout.batch_prompts
+        if target.setup == "base":
+            yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
+        elif target.setup == "steering":
+            from steer_cli.patching.steering import attach_steering
+
+            assert vectors is not None
+            handle = attach_steering(self._base_model(), vectors.tensor, layers=vectors.layers,
+                                     place=vectors.place, trainable=False)
+            try:
+                yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
+            finally:
+                handle.remove()
+        elif target.setup == "lora":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(self._base_model(), str(target.adapter), is_trainable=False)
+            model.eval()
+            self._base = None  # the adapter's layers now live in the base model's modules
+            try:
+                yield HFBackend(model, self.tokenizer, batch_prompts=batch)
+            finally:
+                del model
+        else:
+            assert target.weights is not None
+            self._base = None  # two full models need not share memory
+            model = self._load(str(target.weights))
+            try:
+                yield HFBackend(model, self.tokenizer, batch_prompts=batch)
+            finally:
+                del model
+
+    def _vllm(self, target: Target, vectors: Optional[LoadedVectors]) -> Iterator[Any]:
+        from steer_cli.models import resolve_model
+
+        make_eval_backend = vllm_factory()
+
+        tensor = None
+        if vectors is not None:
+            tensor = vectors.tensor.clone()
+            if vectors.layers is not None:  # rows of unsteered layers are never applied
+                keep = set(vectors.layers)
+                for i in range(tensor.shape[0]):
+                    if i not in keep:
+                        tensor[i].zero_()
+        model_path = str(target.weights) if target.weights else resolve_model(self.s.model.name)
+        with tempfile.TemporaryDirectory(prefix="steer-eval-lora-") as tmp:
+            adapter = self._plain_adapter(target.adapter, Path(tmp)) if target.adapter else None
+            backend = make_eval_backend(self.s, model_path, vectors=tensor, adapter=adapter,
+                                        place=vectors.place if vectors is not None else "layer_output")
+            try:
+                yield backend
+            finally:
+                close = getattr(backend, "close", None)
+                if close:
+                    close()
+
+    def _plain_adapter(self, adapter: Path, tmp: Path) -> str:
+        """vLLM puts an adapter on the original weights. Training writes PiSSA adapters converted
+        for that; an unconverted one (saved as trained, for W - B0 A0) is converted here, on a CPU
+        copy of the base model. (The hf backend loads either kind as it is: peft reruns PiSSA.)"""
+        from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
+
+        if not is_pissa_adapter(adapter):
+            return str(adapter)
+        from steer_cli.models import load_causal_lm
+
+        m = self.s.model
+        base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
+                              trust_remote_code=m.trust_remote_code)
+        return str(convert_pissa_adapter(base, adapter, tmp / "adapter"))
+
+
+def vllm_factory() -> Callable[..., Any]:
+    """``steer_cli.rollout.factory.make_eval_backend(settings, model_path, vectors=, adapter=)``."""
+    try:
+        from steer_cli.rollout.factory import make_eval_backend
+    except ImportError as err:
+        raise SteerError(f"vLLM backend not available ({err}); use --backend hf") from None
+    return make_eval_backend
