@@ -216,8 +216,10 @@ class _VLLMRunner:
         t = self.target
         path = resolve_model(self.s.model.name)
         if t.setup == "lora":
+            from steer_cli.evaluate.models import plain_adapter
+
             self._tmp = tempfile.TemporaryDirectory(prefix="steer-generate-lora-")
-            adapter = _plain_adapter(self.s, t.adapter, Path(self._tmp.name))
+            adapter = plain_adapter(self.s, t.adapter, Path(self._tmp.name))
             self.engine = make(self.s, path, adapter=adapter)
         else:
             place = self.vectors.place if self.vectors is not None else "layer_output"
@@ -262,17 +264,3 @@ class _VLLMRunner:
             self.engine = vllm_factory()(self.s, str(t.weights))
             yield self.engine
 
-
-def _plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:
-    """The adapter as vLLM needs it: on the original weights (an as-trained PiSSA adapter is
-    converted on a CPU copy of the base model, as ``steer eval --backend vllm`` does)."""
-    from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
-
-    if not is_pissa_adapter(adapter):
-        return str(adapter)
-    from steer_cli.models import load_causal_lm
-
-    m = settings.model
-    base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
-                          trust_remote_code=m.trust_remote_code)
-    return str(convert_pissa_adapter(base, adapter, tmp / "adapter"))

@@ -179,6 +179,16 @@ def call(fn: Callable[..., Any], completions: Sequence[str], answers: Sequence[A
         return "error", str(err)
 
 
+def reward_texts(completions: Sequence[Any], tokenizer: Any, reward: str) -> list[str]:
+    """What a reward reads of each completion: math grades the text as decoded (stop token
+    included, as it always has); exact and plug-ins get it without the stop token that ended it."""
+    from steer_cli.rollout.base import content_text
+
+    if reward == "math":
+        return [c.text for c in completions]
+    return [content_text(c, tokenizer) for c in completions]
+
+
 # --------------------------------------------------------------------------------------------------
 # exact
 # --------------------------------------------------------------------------------------------------

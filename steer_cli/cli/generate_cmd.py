@@ -97,7 +97,7 @@ def _generate(*, run: Optional[Path], vectors: Optional[Path], adapter: Optional
         print(settings.to_yaml(), end="")
         return None
     (target,) = ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint, vectors=vectors, adapter=adapter,
-                                with_base=False)
+                                with_base=False, strengths=False)
     g = settings.generate
     prompts = list(g.prompts)
     if g.file:

@@ -90,6 +90,17 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         "max_seq_length": proto.max_seq_length,
         "fields": fields.describe() if fields else None,
     }
+    # Added only when used, so earlier outputs (scale 1, every layer, no reward) still match.
+    if target.scale != 1.0:
+        ident["inference_scale"] = target.scale
+    if target.layers is not None:
+        ident["inference_layers"] = list(target.layers)
+    if settings.eval.reward is not None:
+        from steer_cli.reward_plugins import parse_reward, reward_sha256
+
+        spec = parse_reward(settings.eval.reward)
+        ident["reward"] = spec.text
+        ident["reward_sha256"] = reward_sha256(spec)
     return ident
 
 

@@ -24,6 +24,7 @@ from steer_cli.evaluate.outputs import (
     write_results,
 )
 from steer_cli.evaluate.progress import Reporter
+from steer_cli.evaluate.rewards import lines_rewards, read_rewards
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
 from steer_cli.evaluate.summary import build_summary
 from steer_cli.evaluate.targets import Target
@@ -52,6 +53,10 @@ def _plan(settings: Settings, targets: Sequence[Target], benches: Sequence[Bench
         if t.vectors is not None:
             dims = dims or model_dims(settings)
             vectors = load_target_vectors(t.vectors, settings, dims)
+            if t.layers is not None:  # a --layers subset that keeps nothing fails before any write
+                from steer_cli.strength import kept_layers
+
+                kept_layers(vectors.layers, t.layers, dims[0])
         proto = resolve_protocol(settings, t)
         ident = identity(settings, t, proto, vectors, fields)
         plan = _Plan(t, proto, vectors, ident, check_output_dir(t.output_dir, ident, settings.output.overwrite))
@@ -103,6 +108,11 @@ def evaluate(
                                           fmt=p.format, append_to=p.append_to) for x in b.problems]
                    for b in benches}
         models = EvalModels(settings, tokenizer)
+    scorer = None
+    if settings.eval.reward is not None and any(plan.todo for plan in plans):
+        from steer_cli.evaluate.rewards import RewardScorer
+
+        scorer = RewardScorer(settings, tokenizer)
     hf = settings.rollout.backend == "hf"
     chunk = settings.rollout.batch_prompts if hf else max(256, settings.rollout.batch_prompts)
 
@@ -110,6 +120,9 @@ def evaluate(
     summaries = []
     grader = None
     with contextlib.ExitStack() as stack:
+        if scorer is not None:
+            stack.callback(scorer.close)
+            scorer.check(benches[0].problems[0])  # a broken plug-in fails before anything is written
         stack.enter_context(reporter)
         for plan in plans:
             t, proto = plan.target, plan.proto
@@ -121,6 +134,8 @@ def evaluate(
                 "identity": plan.ident,
             })
             matrices = dict(plan.done)
+            reward_values = {k: read_rewards(results_path(t.output_dir, k[0], k[1])) for k in plan.done} \
+                if settings.eval.reward is not None else {}
             for b in benches:
                 for seed in proto.seeds:
                     if (b.name, seed) in plan.done:
@@ -144,16 +159,18 @@ def evaluate(
                         lines = generate_benchmark(backend, grader, prompts[b.name], b.problems, sampling,
                                                    max_new_tokens=proto.max_new_tokens,
                                                    max_seq_length=proto.max_seq_length, chunk=chunk,
-                                                   advance=advance)
+                                                   advance=advance, scorer=scorer)
                         reporter.finish_task()
                         write_results(results_path(t.output_dir, b.name, seed), lines)
                         matrix = [[s["correct"] for s in line["samples"]] for line in lines]
                         matrices[(b.name, seed)] = matrix
+                        if scorer is not None:
+                            reward_values[(b.name, seed)] = lines_rewards(lines)
                         metric = M.primary_metric(n)
                         value = M.primary_value(M.seed_metrics(matrix, proto.mean_k), metric)
                         reporter.say(f"{label}: {metric} {100 * value:.1f} "
                                      f"({time.perf_counter() - started:.1f}s)")
-            summary = build_summary(t, settings, proto, benches, matrices)
+            summary = build_summary(t, settings, proto, benches, matrices, reward_values)
             atomic_write_json(t.output_dir / "summary.json", summary)
             reporter.say(f"{t.label}: results in {t.output_dir}")
             summaries.append(summary)

@@ -218,16 +218,6 @@ def check_reward(s: Settings, first: Example) -> None:
         grader.dry_run([first.answer, ""], first.answer, first.row)
 
 
-def reward_texts(completions: list[Any], tokenizer: Any, reward: str) -> list[str]:
-    """What the reward reads: math grades the text as decoded (stop token included, as always);
-    exact and plug-ins get it without the stop token that ended it."""
-    from steer_cli.rollout.base import content_text
-
-    if reward == "math":
-        return [c.text for c in completions]
-    return [content_text(c, tokenizer) for c in completions]
-
-
 def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.sha256(f"rollout:{seed}:{step}".encode()).digest()[:4], "little")
 
@@ -432,6 +422,8 @@ class Trainer:
         maybe_die("generate", step + 1)
 
         n = s.rollout.num_generations
+        from steer_cli.reward_plugins import reward_texts
+
         texts = reward_texts([c for g in groups for c in g], self.tokenizer, s.train.reward)
         if getattr(grader, "plugin", False):  # the plug-in's float is the reward; a failed or overrun call gets reward_wrong
             scores = grader.score([(t, examples[i // n].answer, examples[i // n].row) for i, t in enumerate(texts)])
