@@ -178,8 +178,8 @@ def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = 
     import torch
     from transformers import AutoConfig
 
-    from steer_cli.io import atomic_dir
     from steer_cli.extract import apply_strength
+    from steer_cli.io import atomic_dir
     from steer_cli.models import load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
     from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
     from steer_cli.vectors import check_fits, unembed_sha256

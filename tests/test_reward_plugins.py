@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import yaml
+from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
-from cli_helpers import one_line_error
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
 from steer_cli.reward_plugins import check_values, exact_match, normalise_text, parse_reward, reward_sha256

@@ -24,8 +24,8 @@ from steer_cli.evaluate.outputs import (
     write_results,
 )
 from steer_cli.evaluate.progress import Reporter
-from steer_cli.evaluate.rewards import lines_rewards, read_rewards
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
+from steer_cli.evaluate.rewards import lines_rewards, read_rewards
 from steer_cli.evaluate.summary import build_summary
 from steer_cli.evaluate.targets import Target
 from steer_cli.io import atomic_write_json
