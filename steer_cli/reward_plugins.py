@@ -25,9 +25,12 @@ import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from steer_cli.errors import SteerError
+
+if TYPE_CHECKING:
+    from steer_cli.settings import Settings
 
 BUILTIN_REWARDS = ("math", "exact")
 BOOLEAN_REWARDS = BUILTIN_REWARDS  # correct / wrong, mapped to train.reward_correct / reward_wrong
@@ -187,6 +190,26 @@ def reward_texts(completions: Sequence[Any], tokenizer: Any, reward: str) -> lis
     if reward == "math":
         return [c.text for c in completions]
     return [content_text(c, tokenizer) for c in completions]
+
+
+def training_grader(s: Settings, *, workers: int | None = None) -> Any:
+    """The ``rewards.Grader`` of a training run: train.reward with the run's template and limits."""
+    from steer_cli.rewards import Grader
+
+    return Grader(num_workers=s.train.grader_workers if workers is None else workers,
+                  timeout=s.train.grade_timeout, template=s.prompt.template,
+                  truncated_box_fallback=s.train.grade_truncated_box, reward=s.train.reward)
+
+
+def check_plugin(s: Settings, answer: Any, row: Any) -> None:
+    """A plug-in reward's trial call on the first problem (its gold answer and an empty
+    completion), in a grader worker under the hard timeout: an import error, a missing function,
+    an exception, a wrong number of values or a non-finite one is a one-line error before anything
+    is written. Nothing to check for math and exact."""
+    if not parse_reward(s.train.reward).plugin:
+        return
+    with training_grader(s, workers=min(1, s.train.grader_workers)) as grader:
+        grader.dry_run([answer, ""], answer, row)
 
 
 # --------------------------------------------------------------------------------------------------

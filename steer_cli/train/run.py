@@ -198,26 +198,6 @@ def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str,
     return examples, {"problems": len(problems), "skipped_rows": skipped, "too_long": too_long}
 
 
-def make_grader(s: Settings, *, workers: int | None = None) -> Any:
-    from steer_cli.rewards import Grader
-
-    return Grader(num_workers=s.train.grader_workers if workers is None else workers,
-                  timeout=s.train.grade_timeout, template=s.prompt.template,
-                  truncated_box_fallback=s.train.grade_truncated_box, reward=s.train.reward)
-
-
-def check_reward(s: Settings, first: Example) -> None:
-    """A plug-in reward's trial call on the first problem (its answer and an empty completion),
-    in a grader worker under the hard timeout: an import error, a missing function, an exception,
-    a wrong number of values or a non-finite one is a one-line error before anything is written."""
-    from steer_cli.reward_plugins import parse_reward
-
-    if not parse_reward(s.train.reward).plugin:
-        return
-    with make_grader(s, workers=min(1, s.train.grader_workers)) as grader:
-        grader.dry_run([first.answer, ""], first.answer, first.row)
-
-
 def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.sha256(f"rollout:{seed}:{step}".encode()).digest()[:4], "little")
 
@@ -279,7 +259,9 @@ class Trainer:
         self.examples, self.data_counts = load_examples(s, self.tokenizer)
         self.stop_ids = completion_stop_ids(self.tokenizer, s.prompt.stop, s.model.name, revision=s.model.revision,
                                             trust_remote_code=s.model.trust_remote_code)
-        check_reward(s, self.examples[0])
+        from steer_cli.reward_plugins import check_plugin
+
+        check_plugin(s, self.examples[0].answer, self.examples[0].row)
         from steer_cli.models import pick_dtype
 
         compute = pick_dtype(s.model.dtype, self.acc.device, config)
@@ -398,6 +380,7 @@ class Trainer:
             offset += n
 
     def step(self, step: int, grader: Any) -> dict[str, Any]:
+        from steer_cli.reward_plugins import reward_texts
         from steer_cli.rollout.base import SamplingSpec
         from steer_cli.train.objective import group_advantages
         from steer_cli.train.update import accumulate_policy_gradients
@@ -422,10 +405,9 @@ class Trainer:
         maybe_die("generate", step + 1)
 
         n = s.rollout.num_generations
-        from steer_cli.reward_plugins import reward_texts
-
         texts = reward_texts([c for g in groups for c in g], self.tokenizer, s.train.reward)
-        if getattr(grader, "plugin", False):  # the plug-in's float is the reward; a failed or overrun call gets reward_wrong
+        # A plug-in's float is the reward itself; a call that fails or overruns gets reward_wrong.
+        if getattr(grader, "plugin", False):
             scores = grader.score([(t, examples[i // n].answer, examples[i // n].row) for i, t in enumerate(texts)])
             rewards = torch.tensor([s.train.reward_wrong if x.value is None else x.value for x in scores],
                                    dtype=torch.float32).view(len(examples), n)
@@ -635,7 +617,9 @@ class Trainer:
                           info=self._describe())
         metrics_path = self.out_dir / "metrics.jsonl"
         try:
-            with make_grader(self.s) as grader:
+            from steer_cli.reward_plugins import training_grader
+
+            with training_grader(self.s) as grader:
                 for step in range(start, self.total_steps):
                     metrics = self.step(step, grader)
                     if self.main:
