@@ -31,8 +31,8 @@ GENERATE_HELP = (
 
 @app.command("generate", help=GENERATE_HELP)
 def generate_command(
-    prompts: Optional[list[str]] = typer.Argument(None, metavar="[PROMPT]...", show_default=False,
-                                                  help="Prompts to complete " + doc("generate.prompts")),
+    prompts: Optional[list[str]] = typer.Argument(None, metavar="PROMPT", show_default=False,
+                                                  help=doc("generate.prompts")),
     run: Optional[Path] = typer.Option(None, "--run", help="Training run (or one of its checkpoints) whose "
                                                            "vectors, adapter or weights to use."),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Steering vectors file to add to the model."),
