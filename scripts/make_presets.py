@@ -70,6 +70,15 @@ SETUPS = {
 }
 SETUP_FLAG = {"steering": "steering", "lora": "lora", "lora-r1": "lora", "full": "full"}
 
+# The built-in demo, one preset per setup: setup -> learning rate that learns the demo task in its
+# 50 steps (measured with `steer train --setup S` on CPU; README's tour has the figures).
+DEMO_LR = {"steering": 3e-2, "lora": 1e-3, "full": 1e-4}
+DEMO_SETUPS = {
+    "steering": "steering vectors alone",
+    "lora": "a rank-4 LoRA on every down_proj",
+    "full": "full fine-tuning of all weights",
+}
+
 
 def fmt(x: float) -> str:
     # YAML 1.1 (PyYAML) reads 1e-4 as a string; 1.0e-4 is a float.
@@ -83,7 +92,54 @@ def write(name: str, text: str) -> None:
     path.write_text(text)
 
 
+def write_demo() -> None:
+    write("_base/demo", """\
+# The built-in demo's settings, shared by demo/demo/<setup> (used through include:).
+# A tiny Qwen2 model shipped in the package learns to put its (mostly right) arithmetic answers in
+# \\boxed{} - minutes on a laptop CPU.
+model:
+  name: demo
+  dtype: float32
+data:
+  dataset: demo
+prompt:
+  template: qwen_math
+  stop: ["<|im_end|>"]
+rollout:
+  backend: hf
+  num_generations: 8
+  max_new_tokens: 64
+  batch_prompts: 8
+train:
+  prompts_per_step: 8
+  max_steps: 50
+  warmup_ratio: 0.0
+  micro_batch_size: 64
+  save_every: 25
+  grader_workers: 2
+  grade_timeout: 5.0
+eval:
+  benchmarks: [demo]
+  samples: 1
+  temperature: 1.0
+  seeds: [0]
+  max_new_tokens: 64
+""")
+    for setup, what in DEMO_SETUPS.items():
+        cmd = "steer train" + ("" if setup == "steering" else f" --setup {setup}")
+        block = "setup:\n  kind: full\n" if setup == "full" else SETUPS[setup]  # no gradient checkpointing
+        write(f"demo/demo/{setup}", f"# {cmd}\n# The built-in demo with {what}.\n"
+              f"include: _base/demo\n{block}train:\n  lr: {fmt(DEMO_LR[setup])}\n")
+    write("demo", """\
+# steer train
+# The built-in demo (the same as demo/demo/steering): a tiny Qwen2 model shipped in the package
+# learns, with steering vectors alone, to box its arithmetic answers - minutes on a laptop CPU.
+include: demo/demo/steering
+""")
+
+
 def main() -> None:
+    write_demo()
     write("_base/paper", """\
 # Shared by every paper preset: the reference implementation's RL settings (fact sheet 1a).
 # Used through include:, e.g. `steer train --preset qwen2.5-math-7b/deepscaler/steering`.

@@ -196,7 +196,7 @@ def find_vectors(target: Optional[str | Path], runs_dir: str | Path = "runs") ->
     """
     note = None
     if target is None:
-        from steer_cli.cli.common import latest_run
+        from steer_cli.runs import latest_run
 
         run = latest_run(runs_dir, kind="train")
         note = f"using the most recent training run {run}"
@@ -494,14 +494,16 @@ def render_lens(result: LensResult, console: Any, show: int = 10) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console.print(Text(
+    from steer_cli.terminal import print_table, print_text
+
+    print_text(console, Text(
         f"{result.vectors_path} through the unembedding of {result.model}: {result.kind} scores, "
         f"{result.num_layers} layers x {result.hidden_size}, vocabulary {result.vocab_size}, "
         f"stable rank {result.stable_rank:.2f}"))
     fmt = "{:+.4f}" if result.kind == "cosine" else "{:+.3g}"
     for ll in result.layers:
         if ll.zero:
-            console.print(Text(f"layer {ll.layer}: zero vector"))
+            print_text(console, Text(f"layer {ll.layer}: zero vector"))
             continue
         table = Table(title=f"layer {ll.layer} · norm {ll.norm:.4g}", title_justify="left")
         table.add_column("#", justify="right", style="dim")
@@ -516,12 +518,14 @@ def render_lens(result: LensResult, console: Any, show: int = 10) -> None:
             t, b = ll.top[r], ll.bottom[r]
             table.add_row(str(r + 1), Text(_quoted(t.token)), str(t.id), fmt.format(t.score),
                           Text(_quoted(b.token)), str(b.id), fmt.format(b.score))
-        console.print(table)
+        print_table(console, table)
 
 
 def render_compare(result: CompareResult, console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
+
+    from steer_cli.terminal import print_table, print_text
 
     table = Table(title=Text(f"per-layer cosine: {result.a} vs {result.b}"), title_justify="left")
     for name in ("layer", "norm A", "norm B", "cosine"):
@@ -529,7 +533,7 @@ def render_compare(result: CompareResult, console: Any) -> None:
     for i, c in enumerate(result.cosines):
         both = i in result.layers
         table.add_row(str(i), f"{result.norms_a[i]:.4g}", f"{result.norms_b[i]:.4g}", f"{c:+.4f}" if both else "—")
-    console.print(table)
+    print_table(console, table)
     mean = result.mean_cosine
-    console.print(Text(f"mean cosine over {len(result.layers)} layer(s) with non-zero vectors: "
+    print_text(console, Text(f"mean cosine over {len(result.layers)} layer(s) with non-zero vectors: "
                        + (f"{mean:+.4f}" if mean is not None else "—")))

@@ -111,8 +111,9 @@ def find_preset(model: str | None, dataset: str | None, setup: str | None) -> st
     from steer_cli.models import DEMO, known_model
 
     if model in (None, DEMO):
-        if dataset in (None, "demo") and setup in (None, "steering"):
-            return "demo"
+        # The demo keeps its task, lengths and step count for every setup (demo/demo/<setup>).
+        if dataset in (None, "demo") and setup in (None, "steering", "lora", "full"):
+            return f"demo/demo/{setup or 'steering'}"
         return None
     known = known_model(model)
     if known is None:

@@ -283,3 +283,32 @@ def test_a_lora_run_target_carries_its_rank(tmp_path):
     base, trained = plan_targets(settings, run=run, checkpoint=run / "final")
     assert (base.setup, base.lora_rank) == ("base", None)
     assert (trained.setup, trained.lora_rank) == ("lora", 1)
+
+
+def test_a_directory_of_runs_evaluates_each_run_and_the_base_once(tiny_lm, shared_data, tmp_path, monkeypatch):
+    import shutil
+
+    first = make_run(tmp_path, tiny_lm, shared_data)
+    second = first.parent / "seed-1"
+    shutil.copytree(first, second)
+    save_vectors(second / "final" / "vectors.safetensors", 0.5 * torch.randn(2, 64), base_model=str(tiny_lm),
+                 dataset="problems.jsonl", step=1)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["eval", "runs", "-o", tmp_path / "one"])
+    assert result.exit_code == 2 and "--output-dir names one directory, but 2 runs" in result.output
+    assert not (tmp_path / "one").exists()
+
+    result = invoke(["eval", "runs"])
+    assert result.exit_code == 0, result.output
+    for run in (first, second):
+        final = json.loads((run / "eval" / "final" / "summary.json").read_text())
+        assert (final["run"], final["setup"]) == (str(run), "steering")
+    assert (first / "eval" / "base" / "summary.json").exists()
+    assert not (second / "eval" / "base").exists()  # same model and protocol: evaluated once
+    header = next(line for line in result.stdout.splitlines() if line.startswith("Benchmark"))
+    assert header.split() == ["Benchmark", "Metric", "base", "seed-0", "seed-1"]
+
+    report = invoke(["report"])
+    assert report.exit_code == 0, report.output
+    t1 = report.stdout.split("Table 4")[0]
+    assert "| Base " in t1 and "| Steering " in t1

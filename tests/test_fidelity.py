@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_helpers import interrupted_at_step
+from conftest import CoinGrader
 from tiny_models import make_model, sample_ids, save_tiny_lm
 from typer.testing import CliRunner
 
@@ -108,27 +110,14 @@ def eos_lm(qwen_base_dir, tmp_path_factory):
     return path
 
 
-class RecordingGrader:
-    """Grades by a hash of the text (as conftest's CoinGrader) and keeps every text it saw."""
+class RecordingGrader(CoinGrader):
+    """Grades as conftest's CoinGrader and keeps every text it saw."""
 
     seen: list[str] = []
 
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
     def grade(self, items):
-        import hashlib
-
-        from steer_cli.rewards import Grade
-
         RecordingGrader.seen.extend(text for text, _ in items)
-        return [Grade(bool(hashlib.sha256(t.encode()).digest()[0] & 1), True, False, False) for t, _ in items]
+        return super().grade(items)
 
 
 def test_training_completions_end_at_eos_beside_a_stop_token(eos_lm, tiny_problems, tmp_path, monkeypatch):
@@ -343,7 +332,6 @@ def test_pissa_run_checkpoints_convert_and_resume_exactly(tiny_lm, tiny_problems
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from steer_cli.train import run as run_mod
 
     common = ["train", "--model", tiny_lm, "--dataset", tiny_problems, "--prompts-per-step", "2",
               "--num-generations", "3", "--max-new-tokens", "6", "--max-steps", "3", "--save-every", "2",
@@ -357,17 +345,9 @@ def test_pissa_run_checkpoints_convert_and_resume_exactly(tiny_lm, tiny_problems
     as_trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), str(ckpt / "adapter-pissa"))
     torch.testing.assert_close(logits(converted, ids), logits(as_trained, ids))
 
-    original = run_mod.Trainer.step
-
-    def stop_at_three(self, step, grader):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step, grader)
-
     part = tmp_path / "part"
-    monkeypatch.setattr(run_mod.Trainer, "step", stop_at_three)
-    assert invoke(*common, "--output-dir", part).exit_code != 0
-    monkeypatch.setattr(run_mod.Trainer, "step", original)
+    with interrupted_at_step(monkeypatch, 2):
+        assert invoke(*common, "--output-dir", part).exit_code != 0
     result = invoke(*common, "--output-dir", part, "--resume")
     assert result.exit_code == 0, result.output
     a = load_file(str(whole / "final" / "adapter" / "adapter_model.safetensors"))

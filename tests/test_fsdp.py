@@ -17,10 +17,12 @@ from typer.testing import CliRunner
 from steer_cli.cli import _register, app
 
 _register()
-# The demo model with its demo preset; 48 new tokens so that some answers get boxed and graded.
+# The demo model with its demo preset (demo/demo/full); 48 new tokens so that some answers get boxed
+# and graded; micro-batches of one prompt's 4 completions, as each of two processes holds, so that one
+# process sums the same micro-batches as two.
 ARGS = ["train", "--setup", "full", "--max-steps", "3", "--save-every", "2", "--prompts-per-step", "2",
         "--num-generations", "4", "--max-new-tokens", "48", "--lr", "1e-3", "--set", "rollout.batch_prompts=1",
-        "--set", "train.grader_workers=0", "--set", "train.warmup_ratio=0"]
+        "--set", "train.grader_workers=0", "--set", "train.warmup_ratio=0", "--set", "train.micro_batch_size=4"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -88,3 +90,36 @@ def test_fsdp_with_steering_or_lora_is_a_one_line_error(tmp_path):
         one_line_error(result, "--fsdp", "drop --fsdp")
         assert not (tmp_path / setup).exists()
 
+
+
+def test_vllm_sync_of_a_sharded_model_sends_whole_weights(tmp_path):
+    """The colocated vLLM engine of an FSDP run gets every parameter whole (gathered), named as
+    in the unsharded model."""
+    from tiny_models import make_model
+
+    from steer_cli.patching.setups import prepare_setup
+    from steer_cli.rollout.factory import VLLMTrainingBackend
+    from steer_cli.train.fsdp import shard_model
+
+    class Engine:
+        def __init__(self):
+            self.loaded = []
+
+        def load_weights(self, named):
+            self.loaded.append(dict(named))
+
+    reference = make_model("qwen2")
+    expected = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    trainable = prepare_setup(make_model("qwen2"), "full")
+    try:
+        shard_model(trainable.model, torch.float32, torch.device("cpu"))  # a process group of one
+        assert any(type(p).__name__ == "DTensor" for p in trainable.model.parameters())
+        engine = Engine()
+        VLLMTrainingBackend(engine, trainable)  # syncs once at start
+    finally:  # later tests in this process must not find a process group
+        torch.distributed.destroy_process_group()
+    sent = engine.loaded[0]
+    assert set(sent) == set(expected)
+    for name, tensor in sent.items():
+        assert type(tensor) is torch.Tensor, name
+        torch.testing.assert_close(tensor, expected[name])

@@ -113,8 +113,8 @@ def test_most_recent_run_and_its_dataset(tiny_lm, tmp_path, monkeypatch):
     table = invoke("generate", "--run", run, "What is 3+3?")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()  # off a terminal: a header, then one line per prompt
-    assert lines[0].split("\t") == ["Prompt", "Base", "Steered"] and len(lines) == 2
-    assert lines[1].startswith("What is 3+3?\t")
+    assert lines[0].split() == ["Prompt", "Base", "Steered"] and len(lines) == 2
+    assert lines[1].startswith("What is 3+3?  ")
 
 
 def test_adapter(tiny_lm, tmp_path):

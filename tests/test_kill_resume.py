@@ -4,13 +4,16 @@ seed). The kills come from STEER_FAULT (steer_cli/faults.py), so they land exact
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from steer_cli.train.checkpoint import list_checkpoints
 from steer_cli.vectors import load_vectors
 
 ARGS = ["train", "--max-steps", "6", "--save-every", "2", "--prompts-per-step", "4", "--num-generations", "4",
@@ -26,11 +29,15 @@ def _train(out, *extra, fault=None):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path):
-    whole = tmp_path / "whole"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The final vectors of an uninterrupted run."""
+    whole = tmp_path_factory.mktemp("whole") / "run"
     assert _train(whole).returncode == 0
-    reference, _ = load_vectors(whole / "final" / "vectors.safetensors")
+    return load_vectors(whole / "final" / "vectors.safetensors")[0]
 
+
+def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, reference):
     run = tmp_path / "run"
     killed = _train(run, fault="generate@3")  # rollouts of step 3 done, checkpoint-2 on disk
     assert killed.returncode == -signal.SIGKILL
@@ -52,3 +59,29 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path):
     assert torch.equal(resumed, reference)
     steps = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 6
+
+
+def _snapshot(path):
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+
+
+def test_killed_before_its_first_checkpoint_and_requeued_with_resume(tmp_path, reference):
+    """A requeue script runs the same command plus --resume: before the first checkpoint there is
+    nothing to continue, so it starts over; a change of settings is still refused."""
+    run = tmp_path / "run"
+    killed = _train(run, fault="generate@2")  # step 1 logged, checkpoint-2 not reached
+    assert killed.returncode == -signal.SIGKILL
+    assert not list_checkpoints(run) and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+    before = _snapshot(run)
+    changed = _train(run, "--resume", "--seed", "5")
+    assert changed.returncode == 2 and "train.seed: 0 -> 5" in changed.stderr, changed.stderr
+    assert _snapshot(run) == before
+
+    done = _train(run, "--resume")
+    assert done.returncode == 0, done.stderr
+    resumed, meta = load_vectors(run / "final" / "vectors.safetensors")
+    assert meta["step"] == 6
+    assert torch.equal(resumed, reference)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

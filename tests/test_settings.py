@@ -67,7 +67,7 @@ def test_every_preset_loads_and_validates():
         assert s.preset == name
         info = preset_info(name)
         assert info.command.startswith("steer "), name
-        if name != "demo":
+        if not name.startswith("demo"):
             assert s.rollout.max_seq_length, name
 
 
@@ -98,7 +98,10 @@ def test_preset_is_found_from_model_dataset_setup():
     assert find_preset("Qwen/Qwen2.5-Math-7B", None, None) == "qwen2.5-math-7b/deepscaler/steering"
     assert find_preset("Qwen2.5-Math-7B", "deepscaler", "full") == "qwen2.5-math-7b/deepscaler/full"
     assert find_preset("/models/Llama-3.1-8B-Instruct", "gsm8k", "lora") == "llama3.1-8b-instruct/gsm8k/lora"
-    assert find_preset(None, None, None) == "demo"
+    assert find_preset(None, None, None) == "demo/demo/steering"
+    assert find_preset(None, None, "lora") == "demo/demo/lora"  # --setup alone keeps the demo
+    assert find_preset("demo", "demo", "full") == "demo/demo/full"
+    assert find_preset(None, "gsm8k", None) is None
     assert find_preset("some/unknown-model", None, None) is None
     with pytest.raises(SteerError, match="no preset 'qwen2.5-7b/gsm8k/steering'"):
         find_preset("Qwen/Qwen2.5-7B", "gsm8k", "steering")

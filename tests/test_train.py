@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from cli_helpers import interrupted_at_step
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
@@ -25,6 +26,10 @@ def train_args(model, data, out, *extra):
 def invoke(args):
     result = runner.invoke(app, args)
     return result
+
+
+def snapshot(path):
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
 
 
 def test_end_to_end_writes_every_file(tiny_lm, tiny_problems, tmp_path, coin_grader):
@@ -74,20 +79,11 @@ def test_resume_continues_exactly(tiny_lm, tiny_problems, tmp_path, coin_grader,
     full = tmp_path / "full"
     assert invoke(train_args(tiny_lm, tiny_problems, full, *common)).exit_code == 0
 
-    from steer_cli.train import run as run_mod
-
-    original = run_mod.Trainer.step
-
-    def stop_at_three(self, step, grader):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step, grader)
 
     part = tmp_path / "part"
-    monkeypatch.setattr(run_mod.Trainer, "step", stop_at_three)
-    assert invoke(train_args(tiny_lm, tiny_problems, part, *common)).exit_code != 0
+    with interrupted_at_step(monkeypatch, 2):
+        assert invoke(train_args(tiny_lm, tiny_problems, part, *common)).exit_code != 0
     assert not (part / "final").exists() and (part / "checkpoint-2").exists()
-    monkeypatch.setattr(run_mod.Trainer, "step", original)
     result = invoke(train_args(tiny_lm, tiny_problems, part, *common, "--resume"))
     assert result.exit_code == 0, result.output
     a, _ = load_vectors(full / "final" / "vectors.safetensors")
@@ -106,9 +102,52 @@ def test_resume_with_different_settings_lists_the_differences(tiny_lm, tiny_prob
     assert "train.lr: 0.001 -> 0.5" in result.output and "train.seed: 0 -> 9" in result.output
 
 
-def test_resume_without_checkpoint_is_an_error(tiny_lm, tiny_problems, tmp_path):
-    result = invoke(train_args(tiny_lm, tiny_problems, tmp_path / "nothing", "--resume"))
+def test_resume_starts_a_run_in_a_new_or_empty_directory(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    """Requeue scripts pass --resume from the very first launch."""
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1", "--resume"))
+        assert result.exit_code == 0, result.output
+        assert (out / "final" / "vectors.safetensors").exists()
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_without_checkpoint_refuses_other_files_and_finished_runs(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    import shutil
+
+    out = tmp_path / "run"
+    assert invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1")).exit_code == 0  # final/, no checkpoint
+    before = snapshot(out)
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1", "--resume"))
+    assert result.exit_code == 2 and "has finished (final/)" in result.output and "--overwrite" in result.output
+    assert snapshot(out) == before
+
+    shutil.rmtree(out / "final")
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "1", "--resume"))
+    assert result.exit_code == 2 and "not the run's (notes.txt)" in result.output
+    assert snapshot(out) == before
+
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("do not delete")
+    result = invoke(train_args(tiny_lm, tiny_problems, folder, "--resume"))
     assert result.exit_code == 2 and "no settings.yaml" in result.output
+
+
+def test_setup_alone_keeps_the_demo():
+    import yaml
+
+    for setup, lr in (("steering", 3e-2), ("lora", 1e-3), ("full", 1e-4)):
+        result = invoke(["train", "--setup", setup, "--print-settings"])
+        assert result.exit_code == 0, result.output
+        s = yaml.safe_load(result.stdout)
+        assert s["preset"] == f"demo/demo/{setup}" and s["setup"]["kind"] == setup and s["train"]["lr"] == lr
+        assert (s["model"]["name"], s["data"]["dataset"]) == ("demo", "demo")
+        assert (s["train"]["max_steps"], s["train"]["prompts_per_step"], s["rollout"]["num_generations"],
+                s["rollout"]["max_new_tokens"]) == (50, 8, 8, 64)
+        assert s["model"]["gradient_checkpointing"] is False
 
 
 @pytest.mark.parametrize("setup,expected", [("lora", "adapter/adapter_model.safetensors"),
@@ -191,3 +230,42 @@ def test_dataset_without_usable_rows(tiny_lm, tmp_path):
     bad.write_text('{"problem": "x", "answer": ""}\n{"question": "y"}\n')
     result = invoke(["train", "--model", str(tiny_lm), "--dataset", str(bad), "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no usable" in result.output.lower()
+
+
+def test_tensorboard_tracker_writes_the_metrics(tiny_lm, tiny_problems, tmp_path, coin_grader):
+    pytest.importorskip("tensorboard")  # the dev extra installs it
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    out = tmp_path / "tb"
+    result = invoke(train_args(tiny_lm, tiny_problems, out, "--max-steps", "2", "--lr", "0.05",
+                               "--set", "train.trackers=[tensorboard]"))
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logged: dict[str, dict[int, float]] = {}
+    hparams = {}
+    for path in out.rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                if v.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    hparams = data.session_start_info.hparams
+                elif v.metadata.plugin_data.plugin_name == "scalars" or v.HasField("simple_value"):
+                    value = v.simple_value if v.HasField("simple_value") else tensor_util.make_ndarray(v.tensor).item()
+                    logged.setdefault(v.tag, {})[event.step] = value
+    for key in ("reward_mean", "accuracy", "loss", "grad_norm", "lr", "completion_len_mean"):
+        assert logged.get(key) == pytest.approx({m["step"]: m[key] for m in metrics}, rel=1e-6), key
+    # the resolved settings, as hyperparameters with dotted keys
+    assert hparams["train.lr"].number_value == 0.05 and hparams["setup.kind"].string_value == "steering"
+    assert hparams["eval.seeds"].string_value == "[0]"
+
+
+def test_tracker_config_is_flat_and_scalar():
+    from steer_cli.settings import Settings
+    from steer_cli.train.run import tracker_config
+
+    config = tracker_config(Settings())
+    assert config["train.lr"] == Settings().train.lr and config["setup.steering.layers"] is None
+    assert config["prompt.stop"] == "[]" and config["rollout.vllm.tensor_parallel_size"] == 1
+    assert all(v is None or isinstance(v, (int, float, str, bool)) for v in config.values())

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from steer_cli.terminal import print_table, print_text, stdout_console
+
 
 def render(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from steer_cli.report_tables import human_bytes, human_count, human_seconds
 
-    console = Console()
+    console = stdout_console()
     m = result["machine"]
     setups = result["setups"]
     dtype = f" · {result['dtype']}" if result.get("dtype") else ""
@@ -35,20 +36,21 @@ def render(result: dict[str, Any]) -> None:
     ]
     for label, fmt in rows:
         table.add_row(label, *[fmt(s) for s in setups.values()])
-    console.print(table)
+    print_table(console, table)
     if result.get("forward_seconds"):
-        console.print(f"no-grad forward pass on the same batch: {human_seconds(result['forward_seconds'])}")
+        print_text(console, "no-grad forward pass on the same batch: "
+                            f"{human_seconds(result['forward_seconds'])}")
     for backend, gen in (result.get("generation") or {}).items():
         start = ""
         if gen.get("engine_start_seconds_bare") is not None:
             start = (f" (engine start {human_seconds(gen['engine_start_seconds_bare'])} bare, "
                      f"{human_seconds(gen['engine_start_seconds_steered'])} steered)")
-        console.print(f"generation ({backend}): {gen['tokens_per_second_bare']:.1f} tok/s bare, "
-                      f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors{start}")
+        print_text(console, f"generation ({backend}): {gen['tokens_per_second_bare']:.1f} tok/s bare, "
+                            f"{gen['tokens_per_second_steered']:.1f} tok/s with vectors{start}")
     if result.get("vllm_sync"):
         sync = result["vllm_sync"]
-        console.print(f"vLLM: vector sync {human_seconds(sync['vector_sync_seconds'])}, "
-                      f"full weight reload {human_seconds(sync['full_reload_seconds'])}")
+        print_text(console, f"vLLM: vector sync {human_seconds(sync['vector_sync_seconds'])}, "
+                            f"full weight reload {human_seconds(sync['full_reload_seconds'])}")
     if result.get("memory_scaling"):
         _render_scaling(console, result["memory_scaling"])
     targets = Table(title="ratios (measured side by side in this run; times: median of per-repeat ratios)")
@@ -59,7 +61,7 @@ def render(result: dict[str, Any]) -> None:
         target = "-" if row["target"] is None else f"{row['op']} {row['target']}"
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[row["met"]]
         targets.add_row(row["label"], value, target, met)
-    console.print(targets)
+    print_table(console, targets)
 
 
 def _render_scaling(console: Any, scaling: dict[str, Any]) -> None:
@@ -74,16 +76,17 @@ def _render_scaling(console: Any, scaling: dict[str, Any]) -> None:
             table.add_column(col, justify="right")
         for p in points:
             table.add_row(str(p["layers"]), str(p["completion_len"]), str(p["tokens"]), human_bytes(p["bytes"]))
-        console.print(table)
+        print_table(console, table)
         fit = (scaling.get("fit") or {}).get(setup)
         if not fit:
             continue
-        console.print(f"fit: {human_bytes(fit['bytes_fixed'])} fixed + {human_bytes(fit['bytes_per_layer'])} per layer "
-                      f"+ {fit['bytes_per_token'] / 1024:.1f} KiB per token "
-                      f"+ {fit['bytes_per_token_per_layer'] / 1024:.1f} KiB per token per layer "
-                      + (f"+ {fit['bytes_per_logprob_chunk_token'] / 1024:.1f} KiB per completion token up to one "
-                         f"log-prob chunk " if fit.get("bytes_per_logprob_chunk_token") else "")
-                      + f"(largest residual {human_bytes(fit['max_abs_residual_bytes'])})")
+        print_text(console, f"fit: {human_bytes(fit['bytes_fixed'])} fixed + "
+                            f"{human_bytes(fit['bytes_per_layer'])} per layer "
+                            f"+ {fit['bytes_per_token'] / 1024:.1f} KiB per token "
+                            f"+ {fit['bytes_per_token_per_layer'] / 1024:.1f} KiB per token per layer "
+                            + (f"+ {fit['bytes_per_logprob_chunk_token'] / 1024:.1f} KiB per completion token "
+                               f"up to one log-prob chunk " if fit.get("bytes_per_logprob_chunk_token") else "")
+                            + f"(largest residual {human_bytes(fit['max_abs_residual_bytes'])})")
         if fit.get("predicted_bytes"):
             predicted = ", ".join(f"{t} tokens: {human_bytes(b)}" for t, b in fit["predicted_bytes"].items())
-            console.print(f"predicted at the real depth ({fit['real_layers']} layers): {predicted}")
+            print_text(console, f"predicted at the real depth ({fit['real_layers']} layers): {predicted}")

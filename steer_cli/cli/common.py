@@ -132,29 +132,6 @@ def layer_spec(text: Optional[str], flag: str = "--layers") -> Optional[list[int
     return None if text is None else parse_layer_spec(text, flag)
 
 
-def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Path:
-    """The most recently modified run directory (one holding settings.yaml) under ``runs_dir``.
-
-    ``kind`` = "train" keeps training runs (they have metrics.jsonl), "eval" keeps eval outputs.
-    """
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise SteerError(f"no run given and no {root}/ directory here; pass a run directory or file")
-    candidates = []
-    for settings_file in root.rglob("settings.yaml"):
-        run = settings_file.parent
-        if kind == "train" and not (run / "metrics.jsonl").exists():
-            continue
-        if kind == "eval" and not (run / "summary.json").exists():
-            continue
-        stamp = max((p.stat().st_mtime for p in run.iterdir() if p.is_file()), default=0.0)
-        candidates.append((stamp, str(run)))
-    if not candidates:
-        what = {"train": "training run", "eval": "evaluation"}.get(kind or "", "run")
-        raise SteerError(f"no {what} found under {root}/; pass a directory or run `steer train` first")
-    return Path(max(candidates)[1])
-
-
 def info(message: str) -> None:
     from rich.console import Console
 

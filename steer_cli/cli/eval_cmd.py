@@ -14,21 +14,22 @@ from steer_cli.cli.common import (
     SET_HELP,
     doc,
     is_interactive,
-    latest_run,
     parse_int_list,
     parse_str_list,
     run_command,
     settings_from_cli,
 )
 from steer_cli.errors import SteerError
+from steer_cli.runs import latest_run
 
-RUN_HELP = ("Training run directory, or one of its checkpoints (final, checkpoint-N), to evaluate with its "
-            "settings; default: the most recent run under runs/ when no --model/--vectors/--adapter is given.")
+RUN_HELP = ("Training run directories, or their checkpoints (final, checkpoint-N), to evaluate with their "
+            "settings; a directory holding runs (e.g. runs/) means every run under it; default: the most "
+            "recent run under runs/ when no --model/--vectors/--adapter is given.")
 
 
 @app.command("eval")
 def eval_command(
-    run: Optional[Path] = typer.Argument(None, help=RUN_HELP, show_default=False),
+    runs: Optional[list[Path]] = typer.Argument(None, help=RUN_HELP, show_default=False),
     model: Optional[str] = typer.Option(None, "--model", help=doc("model.name")),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Steering vectors file to add to the model."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT LoRA adapter directory to add to the model."),
@@ -60,7 +61,7 @@ def eval_command(
 ) -> None:
     """Evaluate on the paper's benchmarks (avg@32 / pass@1; greedy base vs sampled trained; seeds)."""
     summaries = run_command(
-        _eval, run=run, model=model, vectors=vectors, adapter=adapter, print_settings=print_settings,
+        _eval, runs=runs or [], model=model, vectors=vectors, adapter=adapter, print_settings=print_settings,
         fields=fields, base=base, preset=preset, config=config, sets=sets,
         flags={
             "model.name": model, "eval.data_dir": data_dir, "eval.samples": samples,
@@ -74,11 +75,14 @@ def eval_command(
         },
     )
     if summaries:
-        from rich.console import Console
+        from rich.table import Table
 
         from steer_cli.evaluate import results_table
+        from steer_cli.terminal import print_table, print_text, stdout_console
 
-        Console(highlight=False).print(results_table(summaries))
+        console = stdout_console()
+        for part in results_table(summaries).renderables:
+            (print_table if isinstance(part, Table) else print_text)(console, part)
 
 
 def info(message: str) -> None:
@@ -87,7 +91,7 @@ def info(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(message)
 
 
-def _eval(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
+def _eval(*, runs: list[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
           print_settings: bool, fields: Optional[str], base: Optional[bool], preset: Optional[str],
           config: Optional[Path], sets: Optional[list[str]], flags: dict[str, Any]) -> Optional[list[dict]]:
     from steer_cli import evaluate as ev
@@ -96,27 +100,90 @@ def _eval(*, run: Optional[Path], model: Optional[str], vectors: Optional[Path],
     if vectors is not None and adapter is not None:
         raise SteerError("--vectors and --adapter together: evaluate one trained thing at a time")
     field_map = FieldMap.from_spec(fields) if fields else None
-    run_dir = checkpoint = None
     names_model = (model or vectors or adapter or preset or config
                    or any(s.strip().startswith("model.name=") for s in sets or []))
-    if run is not None:
-        run_dir, checkpoint = ev.resolve_run(run)
-        info(f"evaluating training run {run_dir} ({checkpoint.name})")
+    if runs:
+        if vectors is not None or adapter is not None:
+            raise SteerError("a training run already names what to evaluate; drop --vectors/--adapter, or drop RUN")
+        checkpoints = _resolve_runs(runs)
+        if len(checkpoints) > 1 and flags.get("output.output_dir"):
+            raise SteerError(f"--output-dir names one directory, but {len(checkpoints)} runs are to be evaluated; "
+                             "drop it (each run's results go to <run>/eval/) or pass one run")
     elif not names_model:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
-        run_dir, checkpoint = ev.resolve_run(latest_run(runs_dir, kind="train"))
-        info(f"evaluating the most recent training run: {run_dir} ({checkpoint.name})")
-    if run_dir is not None:
-        settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
-                                     base=ev.run_settings_layer(run_dir), infer_preset=False)
+        checkpoints = [ev.resolve_run(latest_run(runs_dir, kind="train"))]
+        info(f"evaluating the most recent training run: {checkpoints[0][0]} ({checkpoints[0][1].name})")
     else:
         if model is None and (vectors is not None or adapter is not None):
             flags = dict(flags, **{"model.name": ev.base_model_of(vectors=vectors, adapter=adapter)})
             info(f"base model from {vectors or adapter}: {flags['model.name']}")
         settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags)
+        if print_settings:
+            print(settings.to_yaml(), end="")
+            return None
+        targets = ev.plan_targets(settings, vectors=vectors, adapter=adapter, with_base=base)
+        return ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive())
+
+    plans = []
+    for run_dir, checkpoint in checkpoints:  # every run's settings resolve before anything is evaluated
+        settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
+                                     base=ev.run_settings_layer(run_dir), infer_preset=False)
+        plans.append((run_dir, checkpoint, settings))
     if print_settings:
-        print(settings.to_yaml(), end="")
+        for run_dir, _, settings in plans:
+            print((f"# {run_dir}\n" if len(plans) > 1 else "") + settings.to_yaml(), end="")
         return None
-    targets = ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint, vectors=vectors, adapter=adapter,
-                              with_base=base)
-    return ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive())
+    summaries = []
+    based: set[str] = set()
+    for run_dir, checkpoint, settings in plans:
+        # The base model is evaluated once per model and protocol, beside the first of its runs.
+        key = settings.model_dump_json(include={"model", "prompt", "eval", "rollout"})
+        with_base = base if base is not None else key not in based
+        based.add(key)
+        if runs:
+            info(f"evaluating training run {run_dir} ({checkpoint.name})")
+        targets = ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint, with_base=with_base)
+        done = ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive())
+        summaries.extend((x, run_dir) for x in done)
+    if len(plans) == 1:
+        return [x for x, _ in summaries]
+    # Several runs: name the table's columns by run (they would all read "final").
+    bases = sum(x["label"] == "base" for x, _ in summaries)
+    out = []
+    for x, run_dir in summaries:
+        name = _run_name(run_dir, [r for r, _, _ in plans])
+        if x["label"] == "base":
+            label = "base" if bases == 1 else f"base ({name})"
+        else:
+            label = name if x["label"] == "final" else f"{name} {x['label']}"
+        out.append(dict(x, label=label))
+    return out
+
+
+def _resolve_runs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(run, checkpoint) of each argument; a directory that is not a run stands for the runs under it."""
+    from steer_cli import evaluate as ev
+    from steer_cli.runs import training_runs_under
+
+    found: list[tuple[Path, Path]] = []
+    for path in paths:
+        try:
+            found.append(ev.resolve_run(path))
+        except SteerError:
+            under = training_runs_under(path) if Path(path).is_dir() else []
+            if not under:
+                raise
+            found.extend(ev.resolve_run(r) for r in under)
+    unique = list(dict.fromkeys((r.resolve(), c.resolve()) for r, c in found))
+    if len(unique) < len(found):
+        found = [next(x for x in found if (x[0].resolve(), x[1].resolve()) == u) for u in unique]
+    return found
+
+
+def _run_name(run: Path, all_runs: list[Path]) -> str:
+    """A run's path below the runs' common directory (runs/demo/demo/lora/seed-0 -> lora/seed-0)."""
+    import os
+
+    common = Path(os.path.commonpath([str(r.resolve()) for r in all_runs]))
+    rel = run.resolve().relative_to(common)
+    return str(rel) if str(rel) != "." else run.name

@@ -52,7 +52,7 @@ def extract_command(
     factor = run_command(one_scale, scale)
     keep = run_command(layer_spec, layers)
     if source is None:
-        from steer_cli.cli.common import latest_run
+        from steer_cli.runs import latest_run
 
         source = run_command(latest_run, runs_dir, kind="train")
         info(f"using the most recent training run: {source}")

@@ -13,11 +13,11 @@ from steer_cli.cli.common import (
     SET_HELP,
     doc,
     info,
-    latest_run,
     run_command,
     settings_from_cli,
 )
 from steer_cli.errors import SteerError
+from steer_cli.runs import latest_run
 
 GENERATE_HELP = (
     "Complete a few prompts with the base model and with trained vectors (or an adapter), side by side.\n\n"
@@ -110,28 +110,16 @@ def _generate(*, run: Optional[Path], vectors: Optional[Path], adapter: Optional
 
 def _print_table(out: Any) -> None:
     """Rich columns on a terminal; off a terminal one row a line (newlines as \\n), never wrapped."""
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from steer_cli.strength import format_scale
+    from steer_cli.terminal import print_table, stdout_console
 
     several = len(out.steered) > 1
     headers = ["Prompt", "Base"] + [f"Steered (scale {format_scale(s)})" if several else "Steered"
                                     for s in out.steered]
-    rows = [[p, out.base[i], *(texts[i] for texts in out.steered.values())] for i, p in enumerate(out.prompts)]
-    console = Console(highlight=False)
-    if console.is_terminal:
-        table = Table(*headers, show_lines=True)
-        for row in rows:
-            table.add_row(*(_escape(x) for x in row))
-        console.print(table)
-        return
-    for line in ["\t".join(headers)] + ["\t".join(x.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
-                                                  for x in row) for row in rows]:
-        print(line)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    table = Table(*headers, show_lines=True)
+    for i, prompt in enumerate(out.prompts):
+        table.add_row(*(escape(x) for x in [prompt, out.base[i], *(texts[i] for texts in out.steered.values())]))
+    print_table(stdout_console(), table)

@@ -33,9 +33,8 @@ def lens_command(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
     """Read steering vectors through the logit lens (paper section 4.2)."""
-    from rich.console import Console
-
     from steer_cli import lens
+    from steer_cli.terminal import stdout_console
 
     if compare is not None:
         result = run_command(lens.compare_vectors, target, compare, runs_dir=runs_dir)
@@ -44,7 +43,7 @@ def lens_command(
         if as_json:
             print(json.dumps(result.to_json(), indent=2))
         else:
-            lens.render_compare(result, Console(highlight=False))
+            lens.render_compare(result, stdout_console())
         if plot is not None:
             from steer_cli.plots import plot_compare
 
@@ -57,7 +56,7 @@ def lens_command(
     if as_json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:
-        lens.render_lens(result, Console(highlight=False), show=max(1, min(show, top_k)))
+        lens.render_lens(result, stdout_console(), show=max(1, min(show, top_k)))
     if plot is not None:
         from steer_cli.plots import plot_lens
 

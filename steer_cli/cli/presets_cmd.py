@@ -50,8 +50,9 @@ def _presets(filter: Optional[str], as_json: bool, show: Optional[str]) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from steer_cli.terminal import print_table, stdout_console
 
     table = Table(title=f"{len(rows)} presets", show_lines=False)
     for col in ("preset", "setup", "layers", "lr", "generations", "prompts_per_step", "max_seq_length", "template", "advantage"):
@@ -59,4 +60,4 @@ def _presets(filter: Optional[str], as_json: bool, show: Optional[str]) -> None:
     for r in rows:
         table.add_row(r["preset"], r["setup"], r["layers"], f"{r['lr']:g}", str(r["generations"]),
                       str(r["prompts_per_step"]), str(r["max_seq_length"] or "-"), r["template"], r["advantage"])
-    Console().print(table)
+    print_table(stdout_console(), table)

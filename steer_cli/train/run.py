@@ -26,7 +26,7 @@ import torch
 from steer_cli.errors import SteerError
 from steer_cli.faults import maybe_die
 from steer_cli.io import append_jsonl, atomic_write_text, clear_dir
-from steer_cli.settings import Settings, diff_settings, load_settings_file
+from steer_cli.settings import Settings, diff_settings, flatten, load_settings_file
 from steer_cli.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -89,14 +89,24 @@ def default_output_dir(s: Settings) -> Path:
             / setup_label(s) / f"seed-{s.train.seed}")
 
 
-def check_output_dir(out_dir: Path, s: Settings) -> None:
-    """Refuse to touch someone else's files; check a resumed run's settings. No side effects."""
+# What a run writes into its output directory before its first checkpoint (besides hidden
+# temporary files): a requeued `--resume` may start over when nothing else is there.
+_RUN_OWN_FILES = frozenset({"settings.yaml", "metrics.jsonl", "steer", "wandb"})  # steer/, wandb/: trackers
+
+
+def check_output_dir(out_dir: Path, s: Settings) -> bool:
+    """Refuse to touch someone else's files; check a resumed run's settings. No side effects.
+
+    Returns whether the run continues from a checkpoint. ``--resume`` starts from the beginning
+    when there is nothing to continue: no directory, an empty one, or one holding only this run's
+    own files from before its first checkpoint (same settings), so requeue scripts can always pass it.
+    """
     exists = out_dir.exists()
     if exists and not out_dir.is_dir():
         raise SteerError(f"output path {out_dir} exists and is not a directory")
     non_empty = exists and any(out_dir.iterdir())
     settings_file = out_dir / "settings.yaml"
-    if s.output.resume:
+    if s.output.resume and non_empty:
         if not settings_file.exists():
             raise SteerError(f"--resume: {out_dir} holds no steer run (no settings.yaml); drop --resume to start one")
         previous = load_settings_file(settings_file)
@@ -107,10 +117,17 @@ def check_output_dir(out_dir: Path, s: Settings) -> None:
                 f"--resume: these settings differ from the run in {out_dir} and would change its results: "
                 f"{lines}. Use the run's settings, or a new --output-dir"
             )
-        if latest_checkpoint(out_dir) is None:
-            raise SteerError(f"--resume: {out_dir} has no checkpoint yet; start over with --overwrite")
-        return
-    if non_empty:
+        if latest_checkpoint(out_dir) is not None:
+            return True
+        if (out_dir / "final").exists():
+            raise SteerError(f"--resume: the run in {out_dir} has finished (final/) and left no checkpoint to "
+                             "continue from; pass --overwrite to train it again, or another --output-dir")
+        others = sorted(p.name for p in out_dir.iterdir()
+                        if p.name not in _RUN_OWN_FILES and not p.name.startswith("."))
+        if others:
+            raise SteerError(f"--resume: {out_dir} has no checkpoint yet and holds files that are not the run's "
+                             f"({', '.join(others[:5])}); move them away, or pass --overwrite")
+    elif non_empty:
         if not s.output.overwrite:
             raise SteerError(
                 f"output directory {out_dir} exists and is not empty; pass --resume to continue that run, "
@@ -124,15 +141,20 @@ def check_output_dir(out_dir: Path, s: Settings) -> None:
     probe = out_dir if exists else next((p for p in out_dir.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK):
         raise SteerError(f"cannot write to output directory {out_dir} ({probe} is not writable)")
+    return False
 
 
-def init_output_dir(out_dir: Path, s: Settings) -> None:
-    """Clear an --overwrite'd run and write settings.yaml (after check_output_dir and loading)."""
-    if s.output.resume:
+def init_output_dir(out_dir: Path, s: Settings, *, continues: bool = False) -> None:
+    """Clear an --overwrite'd run (or a --resume'd one that had no checkpoint yet: its metrics and
+    half-written checkpoints) and write settings.yaml (after check_output_dir and loading)."""
+    if continues:
         return
     try:
         if out_dir.exists() and s.output.overwrite:
             clear_dir(out_dir)
+        elif out_dir.exists() and s.output.resume:
+            remove_partial_checkpoints(out_dir)
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "settings.yaml", s.to_yaml())
     except OSError as err:
@@ -246,7 +268,7 @@ class Trainer:
 
         # Recorded in settings.yaml, so --resume (diff_settings) refuses an edited plug-in file.
         s.train.reward_sha256 = reward_sha256(parse_reward(s.train.reward))
-        check_output_dir(self.out_dir, s)
+        self.continues = check_output_dir(self.out_dir, s)
         from steer_cli.models import load_config
         from steer_cli.patching.archs import arch_for_config
 
@@ -314,7 +336,7 @@ class Trainer:
 
             engine_dtype(s.model.dtype)  # a dtype vLLM cannot run here fails before anything is written
         if self.main:
-            init_output_dir(self.out_dir, s)
+            init_output_dir(self.out_dir, s, continues=self.continues)
         self.acc.wait_for_everyone()
         self.backend = self._make_backend()
 
@@ -588,7 +610,7 @@ class Trainer:
         if self.main:
             remove_partial_checkpoints(self.out_dir)
         ckpt = latest_checkpoint(self.out_dir)
-        assert ckpt is not None  # check_output_dir made sure
+        assert ckpt is not None  # check_output_dir made sure (self.continues)
         state = load_checkpoint(ckpt, self.trainable, self.optimizer, self.scheduler, sharded=self.fsdp,
                                 main=self.main)
         if state.get("data_fingerprint") != self.data_fingerprint:
@@ -610,9 +632,9 @@ class Trainer:
         self._setup()
         self.nonfinite_total = 0
         self.consecutive_nonfinite = 0
-        start = self._resume() if self.s.output.resume else 0
+        start = self._resume() if self.continues else 0
         if self.s.train.trackers:
-            self.acc.init_trackers("steer", config=self.s.to_dict())
+            self.acc.init_trackers("steer", config=tracker_config(self.s))
         display = Display(self.total_steps, start, enabled=self.main, out_dir=self.out_dir,
                           info=self._describe())
         metrics_path = self.out_dir / "metrics.jsonl"
@@ -686,6 +708,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def tracker_config(s: Settings) -> dict[str, Any]:
+    """The settings as trackers' hyperparameters: dotted keys and scalar values (TensorBoard's hparams
+    take numbers, strings and booleans only; lists become their JSON text, None is left out by it)."""
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(s.to_dict()).items()}
 
 
 def train(settings: Settings) -> Path | None:
