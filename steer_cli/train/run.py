@@ -264,10 +264,9 @@ class Trainer:
         s = self.s
         self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
         self._init_distributed()
-        from steer_cli.reward_plugins import parse_reward, reward_sha256
+        from steer_cli.train.rewarding import record_reward
 
-        # Recorded in settings.yaml, so --resume (diff_settings) refuses an edited plug-in file.
-        s.train.reward_sha256 = reward_sha256(parse_reward(s.train.reward))
+        record_reward(s)
         self.continues = check_output_dir(self.out_dir, s)
         from steer_cli.models import load_config
         from steer_cli.patching.archs import arch_for_config
@@ -402,9 +401,9 @@ class Trainer:
             offset += n
 
     def step(self, step: int, grader: Any) -> dict[str, Any]:
-        from steer_cli.reward_plugins import reward_texts
         from steer_cli.rollout.base import SamplingSpec
         from steer_cli.train.objective import group_advantages
+        from steer_cli.train.rewarding import step_rewards
         from steer_cli.train.update import accumulate_policy_gradients
 
         s = self.s
@@ -427,18 +426,7 @@ class Trainer:
         maybe_die("generate", step + 1)
 
         n = s.rollout.num_generations
-        texts = reward_texts([c for g in groups for c in g], self.tokenizer, s.train.reward)
-        # A plug-in's float is the reward itself; a call that fails or overruns gets reward_wrong.
-        if getattr(grader, "plugin", False):
-            scores = grader.score([(t, examples[i // n].answer, examples[i // n].row) for i, t in enumerate(texts)])
-            rewards = torch.tensor([s.train.reward_wrong if x.value is None else x.value for x in scores],
-                                   dtype=torch.float32).view(len(examples), n)
-            correct, reward_errors = None, sum(x.value is None for x in scores)
-        else:
-            grades = grader.grade([(t, examples[i // n].answer) for i, t in enumerate(texts)])
-            correct = torch.tensor([g.correct for g in grades], dtype=torch.bool).view(len(examples), n)
-            rewards = torch.where(correct, s.train.reward_correct, s.train.reward_wrong).to(torch.float32)
-            reward_errors = sum(g.timed_out for g in grades)
+        rewards, correct, reward_errors = step_rewards(grader, s, examples, groups, self.tokenizer)
         t_grade = time.perf_counter()
         advantages = group_advantages(rewards, s.train.advantage)
 
@@ -555,6 +543,8 @@ class Trainer:
         if shared["kl"] is not None:
             m["kl"] = shared["kl"]
         if getattr(self, "_state_bytes", None) is None and self.optimizer.state:  # fixed once state exists
+            from steer_cli.train.update import training_state_bytes
+
             self._state_bytes = training_state_bytes(self.trainable.params, self.optimizer)
         m["state_bytes_per_process"] = getattr(self, "_state_bytes", None)
         if self.acc.device.type == "cuda":
@@ -671,23 +661,6 @@ class Trainer:
         return (f"{self.s.model.name} · {self.s.setup.kind} ({t.num_trainable:,} trainable) · "
                 f"{len(self.examples)} problems{dropped} · {self.total_steps} steps x {self.s.train.prompts_per_step} "
                 f"prompts x {self.s.rollout.num_generations} samples · {self.world} process(es) · {self.out_dir}")
-
-
-def training_state_bytes(params: list[Any], optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes this process holds of the trained parameters, their gradients (as float32 or the
-    parameter's dtype) and the optimizer state: under FSDP one shard of each."""
-    def local(t: Any) -> Any:
-        return t.to_local() if hasattr(t, "to_local") else t
-
-    def nbytes(t: Any) -> int:
-        t = local(t)
-        return t.numel() * t.element_size()
-
-    out = {"parameters": sum(nbytes(p) for p in params), "gradients": sum(nbytes(p) for p in params),
-           "optimizer": sum(nbytes(v) for st in optimizer.state.values() for k, v in st.items()
-                            if torch.is_tensor(v) and k != "step")}
-    out["total"] = out["parameters"] + out["gradients"] + out["optimizer"]
-    return out
 
 
 def _whole(t: Any) -> Any:

@@ -67,3 +67,20 @@ def accumulate_policy_gradients(
     finally:
         model.eval()
     return loss_sum, kl_sum
+
+
+def training_state_bytes(params: list[Any], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this process holds of the trained parameters, their gradients (as float32 or the
+    parameter's dtype) and the optimizer state: under FSDP one shard of each."""
+    def local(t: Any) -> Any:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def nbytes(t: Any) -> int:
+        t = local(t)
+        return t.numel() * t.element_size()
+
+    out = {"parameters": sum(nbytes(p) for p in params), "gradients": sum(nbytes(p) for p in params),
+           "optimizer": sum(nbytes(v) for st in optimizer.state.values() for k, v in st.items()
+                            if torch.is_tensor(v) and k != "step")}
+    out["total"] = out["parameters"] + out["gradients"] + out["optimizer"]
+    return out
