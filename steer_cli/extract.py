@@ -419,11 +419,30 @@ class ExtractResult:
     notes: list[str]
 
 
+def apply_strength(extracted: Extracted, scale: float = 1.0, layers: list[int] | None = None) -> list[str]:
+    """Scale the vectors and keep only ``layers`` of the steered ones (``--scale``/``--layers``), in
+    place, recording both in the metadata; returns notes. Scale 1 on all layers changes nothing."""
+    from steer_cli.strength import describe, kept_layers, scaled_vectors
+
+    if scale == 1.0 and layers is None:
+        return []
+    num_layers = extracted.vectors.shape[0]
+    kept = kept_layers(extracted.meta.get("layers"), layers, num_layers)
+    extracted.vectors = scaled_vectors(extracted.vectors, scale, kept)
+    if layers is not None:
+        extracted.meta["layers"] = list(kept)
+    if scale != 1.0:
+        extracted.meta["scale"] = scale * float(extracted.meta.get("scale", 1.0))
+    return [f"vectors written at {describe(scale, kept if layers is not None else None)}"]
+
+
 def extract(source: str | Path, output: str | Path, *, fmt: str | None = None, overwrite: bool = False,
-            drop_layer_0: bool = False, place: str | None = None) -> ExtractResult:
+            drop_layer_0: bool = False, place: str | None = None, scale: float = 1.0,
+            layers: list[int] | None = None) -> ExtractResult:
     """Read vectors from ``source`` and write them to ``output`` (``fmt``: safetensors, npy or gguf).
 
     ``place`` sets where the vectors go for a source that does not record it (an .npy matrix).
+    ``scale`` multiplies the vectors and ``layers`` keeps only those layers (``--scale``, ``--layers``).
     """
     from steer_cli.lock import hold_output
     from steer_cli.patching.steering import PLACES
@@ -443,6 +462,7 @@ def extract(source: str | Path, output: str | Path, *, fmt: str | None = None, o
                                  "would change what the vectors do")
             extracted.meta["place"] = place
             notes = [n for n in notes if "records no place" not in n]
+        notes += apply_strength(extracted, scale, layers)
         meta = vectors_meta(extracted)
         notes += write_output(extracted.vectors, meta, output, fmt, overwrite=overwrite, drop_layer_0=drop_layer_0)
     return ExtractResult(output, fmt, extracted, notes)

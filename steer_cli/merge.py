@@ -174,20 +174,23 @@ def _check_fold_dir(output: Path, overwrite: bool) -> None:
 
 
 def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = None, overwrite: bool = False,
-                check_tokens: int = 16) -> FoldResult:
-    """Write ``model`` with ``vectors`` folded into its weights to ``output`` (save_pretrained + tokenizer)."""
+                check_tokens: int = 16, scale: float = 1.0, layers: list[int] | None = None) -> FoldResult:
+    """Write ``model`` with ``vectors`` folded into its weights to ``output`` (save_pretrained + tokenizer);
+    ``scale`` and ``layers`` fold ``scale`` x the vectors of those layers only (``--scale``, ``--layers``)."""
     from steer_cli.lock import hold_output
 
     # The lock is a sibling .<name>.lock: the output directory is replaced as a whole.
     with hold_output(Path(output).expanduser(), "steer merge --fold"):
-        return _fold_to_dir(vectors, output, model=model, overwrite=overwrite, check_tokens=check_tokens)
+        return _fold_to_dir(vectors, output, model=model, overwrite=overwrite, check_tokens=check_tokens,
+                            scale=scale, layers=layers)
 
 
 def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, overwrite: bool,
-                 check_tokens: int) -> FoldResult:
+                 check_tokens: int, scale: float, layers: list[int] | None) -> FoldResult:
     import torch
     from transformers import AutoConfig
 
+    from steer_cli.extract import apply_strength
     from steer_cli.io import atomic_dir
     from steer_cli.models import load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
     from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
@@ -196,7 +199,7 @@ def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, 
     output = Path(output).expanduser()
     _check_fold_dir(output, overwrite)
     item = read_source(vectors)
-    notes: list[str] = []
+    notes: list[str] = apply_strength(item, scale, layers)
     if model is None:
         model = item.meta.get("base_model")
         if not model:

@@ -146,3 +146,19 @@ def plot_accuracy_bars(benchmarks: Sequence[str], series: Sequence[tuple[str, Se
                            1.15 * max(s[1][i] + (s[2][i] or 0) for _, s in present), 1.0))
     fig.suptitle(title)
     return save_png(fig, path)
+
+
+def plot_scale_sweep(curves: Sequence[tuple[str, Sequence[float], Sequence[Optional[float]],
+                                            Sequence[Optional[float]]]], path: str | Path) -> Path:
+    """Accuracy (%) against steering scale: one line (± std) per (label, scales, means, stds)."""
+    fig = _figure(8, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, scales, means, stds in curves:
+        pts = [(x, m, s or 0.0) for x, m, s in zip(scales, means, stds) if m is not None]
+        if pts:
+            xs, ms, ss = zip(*pts)
+            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=2, label=label)
+    ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set(title="accuracy against steering scale (%, mean ± std over seeds)", xlabel="scale", ylabel="%")
+    ax.legend(fontsize="small")
+    return save_png(fig, path)

@@ -68,6 +68,14 @@ class EvalSummary:
     identity: str  # what was evaluated: re-runs of the same thing replace each other per seed
     mtime: float
     benchmarks: dict[str, BenchScores]
+    scale: float = 1.0  # steering strength at evaluation (steer eval --scale)
+    layers: Optional[tuple[int, ...]] = None  # layer subset at evaluation (--layers); None = all steered
+    sweep: str = ""  # the identity without the strength: summaries of one scale sweep share it
+
+    @property
+    def as_trained(self) -> bool:
+        """Evaluated at scale 1 on every steered layer (what the paper's tables hold)."""
+        return self.scale == 1.0 and self.layers is None
 
 
 @dataclass
@@ -136,10 +144,17 @@ def parse_summary(path: Path) -> EvalSummary:
     if not data.get("model") or not data.get("setup"):
         raise ValueError("it names no model or setup")
     what = data.get("run") or data.get("vectors") or data.get("adapter") or f"{data['setup']}:{data['model']}"
+    scale = data.get("scale", 1.0)
+    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0
+    layers = data.get("layers")
+    layers = tuple(int(i) for i in layers) if isinstance(layers, list) else None
+    sweep = f"{what}|{data.get('checkpoint')}|T={data.get('temperature')}|layers={layers}"
     identity = f"{what}|{data.get('checkpoint')}|T={data.get('temperature')}"
+    if scale != 1.0 or layers is not None:
+        identity += f"|scale={scale}|layers={layers}"
     setup = setup_key(str(data["setup"]), data.get("lora_rank"))
     return EvalSummary(path, str(data["model"]), setup, data.get("train_dataset"), identity,
-                       path.stat().st_mtime, benches)
+                       path.stat().st_mtime, benches, scale, layers, sweep)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -280,7 +295,8 @@ def _file_label(text: str) -> str:
 
 
 def write_plots(results: Results, out_dir: Path) -> list[Path]:
-    """Training curves per run and accuracy bars per benchmark; returns the files written."""
+    """Training curves per run, accuracy bars per benchmark and accuracy against steering scale;
+    returns the files written."""
     from steer_cli import plots
     from steer_cli import report_tables as rt
 
@@ -301,4 +317,7 @@ def write_plots(results: Results, out_dir: Path) -> list[Path]:
         benchmarks, series = bars
         written.append(plots.plot_accuracy_bars(benchmarks, series, out_dir / "accuracy.png",
                                                 title="accuracy per benchmark (%, mean ± std over seeds)"))
+    curves = rt.scale_series(results)
+    if curves:
+        written.append(plots.plot_scale_sweep(curves, out_dir / "scale.png"))
     return written

@@ -161,10 +161,15 @@ def _sorted_group_keys(groups: dict, evals: Sequence[Any], setup_order: Sequence
     return sorted(groups, key=key)
 
 
+def _as_trained(evals: Sequence[Any]) -> list[Any]:
+    """Summaries at scale 1 on every steered layer: the paper's tables hold only those."""
+    return [e for e in evals if getattr(e, "as_trained", True)]
+
+
 def table1(results: Any) -> Optional[Table]:
     from steer_cli.data.benchmarks import PAPER_BENCHMARKS
 
-    evals = results.evals
+    evals = _as_trained(results.evals)
     if not evals:
         return None
     groups = _table1_groups(evals)
@@ -225,7 +230,7 @@ def _mean_at_k(b: Any) -> dict[str, float]:
 
 
 def table4(results: Any) -> Optional[Table]:
-    evals = results.evals
+    evals = _as_trained(results.evals)
     trained = [e for e in evals if e.setup != "base" and e.train_dataset]
     if not trained:
         return None
@@ -371,8 +376,70 @@ def training_table(results: Any) -> Optional[Table]:
                   "Mean vector norm"], rows)
 
 
+# -- steering strength ----------------------------------------------------------------------------
+def _sweeps(results: Any) -> list[tuple[str, list[Any]]]:
+    """(label, summaries) of every thing evaluated at several strengths or on a layer subset
+    (``steer eval --scale ... --layers ...``), in the order first seen; base models excluded."""
+    from steer_cli.strength import format_layers
+
+    groups: dict[str, list[Any]] = {}
+    for e in results.evals:
+        if e.setup != "base" and getattr(e, "sweep", ""):
+            groups.setdefault(e.sweep, []).append(e)
+    out = []
+    for members in groups.values():
+        if all(e.as_trained for e in members):
+            continue
+        first = members[0]
+        where = first.identity.split("|")[0]
+        checkpoint = first.identity.split("|")[1]
+        label = " · ".join(x for x in (_model_label(first.model), setup_label(first.setup),
+                                       where.rstrip("/").rsplit("/", 1)[-1] if where else "",
+                                       checkpoint if checkpoint not in ("None", "") else "") if x)
+        if first.layers is not None:
+            label += f" · layers {format_layers(first.layers)}"
+        out.append((label, members))
+    return out
+
+
+def scale_tables(results: Any) -> list[Table]:
+    """Accuracy against steering scale: one table per swept thing, benchmarks as rows, scales as
+    columns (mean ± std over evaluation seeds), the Average when there are several benchmarks."""
+    from steer_cli.strength import format_scale
+
+    tables = []
+    for label, members in _sweeps(results):
+        scales = sorted({e.scale for e in members})
+        at = {sc: [e for e in members if e.scale == sc] for sc in scales}
+        benches = _bench_order([b for e in members for b in e.benchmarks])
+        display = {b: next(e.benchmarks[b].display for e in members if b in e.benchmarks) for b in benches}
+        per = {sc: {b: _pooled(at[sc], b, _primary) for b in benches} for sc in scales}
+        rows: list[list[Any]] = []
+        for b in benches:
+            metric = next(e.benchmarks[b].metric for e in members if b in e.benchmarks)
+            rows.append([display[b], metric, *(_cell(per[sc][b], _fallback_std(at[sc], b)) for sc in scales)])
+        if len(benches) > 1:
+            rows.append(["Average", "", *(_average(per[sc], benches) for sc in scales)])
+        tables.append(Table(f"Accuracy (%) against steering scale: {label}",
+                            ["Benchmark", "Metric", *(f"x{format_scale(sc)}" for sc in scales)], rows,
+                            ["scale 0 = the base model under the trained protocol; x1 = the vectors as trained"]))
+    return tables
+
+
+def scale_series(results: Any) -> list[tuple[str, list[float], list[Optional[float]], list[Optional[float]]]]:
+    """(label, scales, means x100, stds x100) per swept thing and benchmark, for the plot."""
+    out = []
+    for table, (label, _) in zip(scale_tables(results), _sweeps(results)):
+        scales = [float(h[1:]) for h in table.headers[2:]]
+        for row in table.rows:
+            cells = row[2:]
+            out.append((f"{label} · {row[0]}", scales, [100 * c.mean if c else None for c in cells],
+                        [100 * c.std if c and c.std is not None else None for c in cells]))
+    return out
+
+
 def build_tables(results: Any) -> list[Table]:
-    tables = [table1(results), table4(results), *table3(results), training_table(results)]
+    tables = [table1(results), table4(results), *scale_tables(results), *table3(results), training_table(results)]
     return [t for t in tables if t is not None]
 
 

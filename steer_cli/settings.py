@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from steer_cli.errors import SteerError
 
@@ -110,8 +110,10 @@ class TrainSettings(_Group):
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: Optional[float] = Field(2.0, gt=0, description="Gradient clipping norm (null = off).")
     advantage: Literal["rloo", "mean", "mean_std"] = Field("rloo", description="Advantage: rloo (leave-one-out), mean (group mean), mean_std (GRPO).")
-    reward_correct: float = Field(1.0, description="Reward of a correct completion.")
-    reward_wrong: float = Field(-1.0, description="Reward of a wrong completion (the reference uses -1; 0 is common).")
+    reward: str = Field("math", description="Reward: math (math-verify), exact (normalised string equality with the answer), or a plug-in path/to/file.py:function or package.module:function (called as fn(completions, answers, rows), returning one float per completion, the reward itself).")
+    reward_sha256: Optional[str] = Field(None, description="SHA-256 of a plug-in reward's source file; steer train records it at start, and --resume refuses a changed file.")
+    reward_correct: float = Field(1.0, description="Reward of a correct completion (math, exact).")
+    reward_wrong: float = Field(-1.0, description="Reward of a wrong completion (math, exact; the reference uses -1; 0 is common), and of a plug-in call that fails or overruns.")
     kl_coef: float = Field(0.0, ge=0, description="Coefficient of the per-token k3 KL to the base policy.")
     kl_reference_offload: bool = Field(False, description="Full fine-tuning with KL: keep the frozen reference copy in CPU memory, on the device only for its pass.")
     micro_batch_size: int = Field(4, gt=0, description="Sequences per forward/backward pass (gradient accumulation beyond).")
@@ -141,6 +143,50 @@ class EvalSettings(_Group):
     max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
     shard_samples: int = Field(32, gt=0, description="Samples per unit of work (whole problems: one AIME problem with 32 samples, or 32 single-sample problems); units are dealt to processes and kept when a run is cut short.")
+    reward: Optional[str] = Field(None, description="Also score every sample with this reward (math, exact, file.py:fn, pkg.module:fn) and report its mean beside accuracy.")
+
+
+def _layer_list(value: Any) -> Any:
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    from steer_cli.strength import parse_layer_spec
+
+    try:
+        return parse_layer_spec(value, "inference.layers")
+    except SteerError as err:
+        raise ValueError(str(err)) from None
+
+
+class InferenceSettings(_Group):
+    scale: list[float] = Field(default_factory=lambda: [1.0], description="Strength of trained vectors at inference (eval, generate): a factor on each vector; a list runs a sweep (--scale 0,0.5,1).")
+    layers: Optional[list[int]] = Field(None, description="Apply trained vectors only on these layers at inference (--layers 0-10,17; default: every steered layer).")
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scales(cls, value: Any) -> Any:
+        from steer_cli.strength import parse_scales
+
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        try:
+            return parse_scales(value)
+        except SteerError as err:
+            raise ValueError(str(err)) from None
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        return _layer_list(value)
+
+
+class GenerateSettings(_Group):
+    prompts: list[str] = Field(default_factory=list, description="Prompts to complete (default: a few problems of the run's dataset).")
+    file: Optional[str] = Field(None, description="File of prompts: one per line, or JSONL with a problem/prompt/question field.")
+    num_prompts: int = Field(3, gt=0, description="How many problems of the run's dataset to take when no prompt is given.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    seed: int = Field(0, ge=0, description="Sampling seed.")
+    max_new_tokens: int = Field(256, gt=0, description="Completion budget in tokens.")
 
 
 class OutputSettings(_Group):
@@ -161,6 +207,8 @@ class Settings(_Group):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     # Which layer set each key ("default", "preset ...", "--lr", ...), for error messages.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -180,7 +228,7 @@ RUNTIME_KEYS = frozenset({
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
     "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
     "train.kl_reference_offload",
-    "eval", "data.data_dir",
+    "eval", "inference", "generate", "data.data_dir",
 })
 
 

@@ -42,6 +42,7 @@ def world(tmp_path_factory, tiny_lm, tiny_problems):
     (w / "not_json.jsonl").write_text("problem: what is 2+2\nanswer: 4\n")
     (w / "no_answer.jsonl").write_text('{"problem": "What is 1+1?"}\n{"problem": "What is 2+2?"}\n')
     (w / "empty.jsonl").write_text("")
+    (w / "raising_reward.py").write_text("def fn(completions, answers, rows):\n    return [1 / 0 for c in completions]\n")
     (w / "pickle.safetensors").write_bytes(pickle.dumps({"vectors": [[0.0] * 64] * 2}))
     torch.save({"vectors": torch.zeros(2, 64)}, w / "torchsave.pt")
     (w / "text.safetensors").write_text("these are not tensors\n")
@@ -142,6 +143,16 @@ CASES = [
                                                          w / "wrong_shape.safetensors", "-o", w / "folded"], "[3, 16]"),
     ("presets --show of an unknown preset", lambda w, m, d: ["presets", "--show", "demoo"], "did you mean"),
     ("eval of a directory that is not a run", lambda w, m, d: ["eval", w / "empty_dir"], "not a steer"),
+    ("unknown reward", lambda w, m, d: [*train_base(w, m, d), "--reward", "maths"], "unknown reward"),
+    ("reward file that does not exist", lambda w, m, d: [*train_base(w, m, d), "--reward", w / "nope.py:fn"],
+     "does not exist"),
+    ("reward plug-in that raises", lambda w, m, d: [*train_base(w, m, d), "--reward", f"{w / 'raising_reward.py'}:fn"],
+     "ZeroDivisionError"),
+    ("eval with a layer the model lacks", lambda w, m, d: ["eval", "--model", m, "--vectors", w / "good.safetensors",
+                                                           "--benchmarks", d, "--layers", "0-9", "--output-dir",
+                                                           w / "ev"], "do not exist"),
+    ("generate with a bad scale", lambda w, m, d: ["generate", "hi", "--model", m, "--vectors", w / "good.safetensors",
+                                                   "--scale", "strong"], "not a number"),
 ]
 
 

@@ -25,7 +25,7 @@ def test_version_and_help():
     out = subprocess.run([sys.executable, "-m", "steer_cli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"steer {__version__}"
     out = subprocess.run([sys.executable, "-m", "steer_cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("train", "eval", "extract", "merge", "lens", "report", "bench", "presets"):
+    for command in ("train", "eval", "generate", "extract", "merge", "lens", "report", "bench", "presets"):
         assert command in out.stdout
 
 

@@ -181,6 +181,25 @@ def test_lora_ranks_are_separate_rows(tmp_path):
     assert row(runs, Run="r1")["Setup"] == "LoRA r1"
 
 
+def test_scale_sweep_table_and_plot(tmp_path):
+    for scale, values in ((0.0, {"0": 0.10, "1": 0.20}), (1.0, {"0": 0.50, "1": 0.70}), (2.0, {"0": 0.30, "1": 0.30})):
+        _write_summary(tmp_path / f"s{scale}" / "summary.json", "runs/r", values, scale=scale, layers=None)
+    _write_summary(tmp_path / "sub" / "summary.json", "runs/r", {"0": 0.40, "1": 0.40}, scale=1.0, layers=[0, 1, 2, 7])
+    out = report([tmp_path], plot_dir=tmp_path / "plots")
+    tables = github_tables(out.text)
+    sweep = find(tables, "Accuracy (%) against steering scale: Qwen2.5-7B · Steering · r · final")
+    assert row(sweep, Benchmark="MATH500") == {"Benchmark": "MATH500", "Metric": "pass@1", "x0": "15.0 ± 5.0",
+                                              "x1": "60.0 ± 10.0", "x2": "30.0 ± 0.0"}
+    subset = find(tables, "Accuracy (%) against steering scale: Qwen2.5-7B · Steering · r · final · layers 0-2,7")
+    assert row(subset, Benchmark="MATH500")["x1"] == "40.0 ± 0.0"
+    # Table 1 holds the vectors as trained only (scale 1, every layer), not an average over the sweep
+    assert row(find(tables, "Table 1"), Setup="Steering")["MATH500"] == "60.0 ± 10.0"
+    assert "scale.png" in [p.name for p in out.plots]
+    assert (tmp_path / "plots" / "scale.png").read_bytes()[:8] == PNG_MAGIC
+    # no sweep, no sweep table
+    assert "against steering scale" not in report([tmp_path / "s1.0"]).text
+
+
 def test_plots_are_written(tmp_path):
     out = report([RESULTS], plot_dir=tmp_path / "plots")
     names = sorted(p.name for p in out.plots)

@@ -134,3 +134,28 @@ def test_eval_vllm_on_two_processes_equals_one(vllm_lm, tiny_problems, tmp_path)
     assert all(len(set(t)) > 1 for t in texts)  # 3 different samples per problem
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["backend"] == "vllm"
+
+
+def test_generate_and_scaled_eval_vllm_equal_hf(vllm_lm, tiny_problems, tmp_path):
+    vectors = 0.3 * torch.randn(2, 128, generator=torch.Generator().manual_seed(1))
+    vfile = save_vectors(tmp_path / "v.safetensors", vectors, base_model=str(vllm_lm))
+    gen = ["generate", "What is 2+2?", "What is 9-4?", "--vectors", str(vfile), "--model", str(vllm_lm), "--json",
+           "--max-new-tokens", "10", "--scale", "0,0.5", "--layers", "1"]
+    hf = runner.invoke(app, gen)
+    assert hf.exit_code == 0, hf.output
+    vl = runner.invoke(app, [*gen, "--backend", "vllm", *VLLM_SETS])
+    assert vl.exit_code == 0, vl.output
+    hf_rows, vl_rows = json.loads(hf.stdout), json.loads(vl.stdout)
+    assert len(hf_rows) == 4 and hf_rows == vl_rows  # the engine got the scaled, layer-1-only matrix
+    assert all(r["steered"] == r["base"] for r in vl_rows if r["scale"] == 0.0)
+
+    common = ["eval", "--model", str(vllm_lm), "--vectors", str(vfile), "--benchmarks", str(tiny_problems),
+              "--temperature", "0", "--max-new-tokens", "12", "--limit", "4", "--set", "train.grader_workers=0",
+              "--scale", "0.5", "--layers", "1"]
+    hf = runner.invoke(app, [*common, "--output-dir", str(tmp_path / "hf")])
+    assert hf.exit_code == 0, hf.output
+    vl = runner.invoke(app, [*common, "--backend", "vllm", "--output-dir", str(tmp_path / "vllm"), *VLLM_SETS])
+    assert vl.exit_code == 0, vl.output
+    bench = tiny_problems.stem
+    assert _completions(tmp_path / "hf", bench) == _completions(tmp_path / "vllm", bench)
+    assert json.loads((tmp_path / "vllm" / "summary.json").read_text())["scale"] == 0.5

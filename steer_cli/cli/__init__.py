@@ -39,6 +39,7 @@ def _register() -> None:
         bench_cmd,
         eval_cmd,
         extract_cmd,
+        generate_cmd,
         lens_cmd,
         merge_cmd,
         presets_cmd,

@@ -35,6 +35,15 @@ FLAG_NAMES: dict[str, str] = {
     "train.save_every": "--save-every",
     "train.seed": "--seed",
     "train.fsdp": "--fsdp",
+    "train.reward": "--reward",
+    "eval.reward": "--reward",
+    "inference.scale": "--scale",
+    "inference.layers": "--layers",
+    "generate.file": "--file",
+    "generate.num_prompts": "--num-prompts",
+    "generate.temperature": "--temperature",
+    "generate.seed": "--seed",
+    "generate.max_new_tokens": "--max-new-tokens",
     "rollout.num_generations": "--num-generations",
     "rollout.max_new_tokens": "--max-new-tokens",
     "rollout.backend": "--backend",
@@ -98,6 +107,29 @@ def parse_str_list(text: Optional[str]) -> Optional[list[str]]:
     if text is None:
         return None
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+SCALE_HELP = ("Strength: multiply the vectors by this factor (0 = the base model, 1 = as trained, negative "
+              "turns them around).")
+LAYERS_HELP = "Apply the vectors only on these layers, e.g. 0-10,17 (default: every steered layer)."
+
+
+def one_scale(text: Optional[str], flag: str = "--scale") -> float:
+    """A single --scale factor (commands that write one file take one)."""
+    from steer_cli.strength import parse_scales
+
+    if text is None:
+        return 1.0
+    scales = parse_scales(text, flag)
+    if len(scales) != 1:
+        raise SteerError(f"{flag} takes one factor here, got {text!r}; run the command once per factor")
+    return scales[0]
+
+
+def layer_spec(text: Optional[str], flag: str = "--layers") -> Optional[list[int]]:
+    from steer_cli.strength import parse_layer_spec
+
+    return None if text is None else parse_layer_spec(text, flag)
 
 
 def info(message: str) -> None:

@@ -42,6 +42,9 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", help=doc("eval.limit")),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=doc("eval.max_new_tokens")),
     backend: Optional[str] = typer.Option(None, "--backend", help=doc("rollout.backend")),
+    scale: Optional[str] = typer.Option(None, "--scale", help=doc("inference.scale") + " One result per scale."),
+    layers: Optional[str] = typer.Option(None, "--layers", help=doc("inference.layers")),
+    reward: Optional[str] = typer.Option(None, "--reward", help=doc("eval.reward")),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Output directory (default: <run>/eval/<checkpoint> and "
                                                   "<run>/eval/base, or runs/eval/<model>/<what>)."),
@@ -68,6 +71,7 @@ def eval_command(
             "model.name": model, "eval.data_dir": data_dir, "eval.samples": samples,
             "eval.temperature": temperature, "eval.limit": limit, "eval.max_new_tokens": max_new_tokens,
             "rollout.backend": backend, "output.output_dir": output_dir,
+            "inference.scale": scale, "inference.layers": layers, "eval.reward": reward,
             "output.overwrite": overwrite or None,
             "model.trust_remote_code": trust_remote_code or None,
         },

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from steer_cli.cli import app
-from steer_cli.cli.common import info, run_command
+from steer_cli.cli.common import LAYERS_HELP, SCALE_HELP, info, layer_spec, one_scale, run_command
 
 SOURCE_HELP = ("What to read: a training run (its final/, else its latest checkpoint-N/), a steer checkpoint or "
                "vectors file, an .npy \\[num_layers, hidden] matrix, or a transformers checkpoint directory holding "
@@ -42,17 +42,22 @@ def extract_command(
                                         help="layer_output | down_proj_bias: where the vectors go, for an .npy "
                                              "source, which does not record it (default: down_proj_bias, the "
                                              "reference implementation's)."),
+    scale: Optional[str] = typer.Option(None, "--scale", help=SCALE_HELP + " The matrix written is scaled."),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP + " Other rows are written as zeros "
+                                                                         "(gguf: left out)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
     from steer_cli.extract import extract
 
+    factor = run_command(one_scale, scale)
+    keep = run_command(layer_spec, layers)
     if source is None:
         from steer_cli.runs import latest_run
 
         source = run_command(latest_run, runs_dir, kind="train")
         info(f"using the most recent training run: {source}")
     result = run_command(extract, source, output, fmt=fmt, overwrite=overwrite, drop_layer_0=drop_layer_0,
-                         place=place)
+                         place=place, scale=factor, layers=keep)
     src = result.source
     for note in result.notes:
         info(f"note: {note}")

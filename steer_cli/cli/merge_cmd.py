@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from steer_cli.cli import app
-from steer_cli.cli.common import fail, info, run_command
+from steer_cli.cli.common import LAYERS_HELP, SCALE_HELP, fail, info, layer_spec, one_scale, run_command
 
 MERGE_HELP = (
     "Merge vectors files into one, or fold vectors into a model checkpoint.\n\n"
@@ -38,9 +38,13 @@ def merge_command(
     model: Optional[str] = typer.Option(None, "--model", help="With --fold: base model (default: the one "
                                                               "recorded in the vectors file)."),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="With --fold: the vectors file to fold in."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="With --fold: " + SCALE_HELP),
+    layers: Optional[str] = typer.Option(None, "--layers", help="With --fold: " + LAYERS_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (atomically)."),
 ) -> None:
     files = list(files or [])
+    factor = run_command(one_scale, scale)
+    keep = run_command(layer_spec, layers)
     if fold:
         if vectors is None and len(files) == 1:
             vectors, files = files[0], []
@@ -52,7 +56,8 @@ def merge_command(
             fail("--mean, --fill-zeros and --format apply to stacking, not to --fold")
         from steer_cli.merge import fold_to_dir
 
-        result = run_command(fold_to_dir, vectors, output, model=model, overwrite=overwrite)
+        result = run_command(fold_to_dir, vectors, output, model=model, overwrite=overwrite, scale=factor,
+                             layers=keep)
         for note in result.notes:
             info(f"note: {note}")
         info(f"checked: max |logit difference| vs. the steered model = {result.max_logit_gap:.2e}")
@@ -60,6 +65,8 @@ def merge_command(
         return
     if vectors is not None or model is not None:
         fail("--vectors and --model go with --fold; to merge, list the files: steer merge A B -o OUT")
+    if scale is not None or layers is not None:
+        fail("--scale and --layers go with --fold; to scale a vectors file use steer extract FILE --scale A -o OUT")
     if not files:
         fail("give the vectors files to merge: steer merge A.safetensors B.safetensors -o merged.safetensors")
     from steer_cli.merge import merge_files

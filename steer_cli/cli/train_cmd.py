@@ -28,6 +28,7 @@ def train_command(
     backend: Optional[str] = typer.Option(None, "--backend", help=doc("rollout.backend")),
     seed: Optional[int] = typer.Option(None, "--seed", help=doc("train.seed")),
     fsdp: bool = typer.Option(False, "--fsdp", help=doc("train.fsdp")),
+    reward: Optional[str] = typer.Option(None, "--reward", help=doc("train.reward")),
     resume: bool = typer.Option(False, "--resume", help=doc("output.resume")),
     overwrite: bool = typer.Option(False, "--overwrite", help=doc("output.overwrite")),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=doc("model.trust_remote_code")),
@@ -35,13 +36,13 @@ def train_command(
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     print_settings: bool = typer.Option(False, "--print-settings", help="Print the resolved settings as YAML and exit."),
 ) -> None:
-    """Train with online RLOO on math problems (default: the built-in demo, minutes on a CPU)."""
+    """Train with online RLOO on math problems, or any reward (--reward); default: the built-in demo, minutes on a CPU."""
     flags = {
         "model.name": model, "setup.kind": setup, "data.dataset": dataset, "data.data_dir": data_dir,
         "output.output_dir": output_dir, "train.max_steps": max_steps,
         "train.prompts_per_step": prompts_per_step, "rollout.num_generations": num_generations,
         "rollout.max_new_tokens": max_new_tokens, "train.lr": lr, "train.save_every": save_every,
-        "rollout.backend": backend, "train.seed": seed, "train.fsdp": fsdp or None,
+        "rollout.backend": backend, "train.seed": seed, "train.fsdp": fsdp or None, "train.reward": reward,
         "output.resume": resume or None, "output.overwrite": overwrite or None,
         "model.trust_remote_code": trust_remote_code or None,
     }

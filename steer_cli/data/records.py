@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from steer_cli.errors import SteerError
@@ -24,6 +24,8 @@ class Problem:
     id: str
     problem: str
     answer: str
+    # The data file's record with all its fields (what reward plug-ins receive as ``rows``).
+    row: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def row_to_problem(
         return None
     raw_id = row.get(fields.id) if fields.id else None
     pid = str(raw_id).strip() if raw_id is not None and str(raw_id).strip() else f"{source}:{index}"
-    return Problem(id=pid, problem=problem.strip(), answer=answer)
+    return Problem(id=pid, problem=problem.strip(), answer=answer, row=dict(row))
 
 
 def rows_to_problems(

@@ -30,10 +30,12 @@ class BenchInputs:
 
 
 def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[str, BenchInputs], sampling: Any,
-               out: Path, *, written: Callable[[Shard], None] = lambda shard: None) -> None:
+               out: Path, *, written: Callable[[Shard], None] = lambda shard: None,
+               scorer: Optional[Callable[..., list[Any]]] = None) -> None:
     """Generate every sample of ``shards`` (one request each, seeded by ``sample_seed``; greedy:
     one unseeded request per problem), grade a shard once its samples are in, write it, call
-    ``written``. The backend sees all requests at once (vLLM schedules them; hf batches them)."""
+    ``written``. The backend sees all requests at once (vLLM schedules them; hf batches them).
+    ``scorer`` (``eval.reward``) adds each sample's ``reward``."""
     from steer_cli.rollout.base import SampleRequest
 
     requests: list[SampleRequest] = []
@@ -53,15 +55,17 @@ def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[
         got[si][(p, k)] = completion
         shard = shards[si]
         if len(got[si]) == shard.size:
-            write_results(shard.path(out), shard_lines(grader, shard, inputs[shard.bench], got[si]))
+            write_results(shard.path(out), shard_lines(grader, shard, inputs[shard.bench], got[si], scorer))
             got[si] = {}
             written(shard)
 
 
-def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any]) -> list[dict]:
+def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any],
+                scorer: Optional[Callable[..., list[Any]]] = None) -> list[dict]:
     """The results lines of a shard's problems (the format of ``seed-<s>/<bench>.jsonl``)."""
-    items = [(completions[(p, k)].text, b.problems[p].answer) for p in shard.problems for k in range(shard.samples)]
-    grades = iter(grader.grade(items))
+    order = [(p, k) for p in shard.problems for k in range(shard.samples)]
+    grades = iter(grader.grade([(completions[x].text, b.problems[x[0]].answer) for x in order]))
+    scores = iter(scorer([completions[x] for x in order], [b.problems[p] for p, _ in order]) if scorer else [])
     lines = []
     for p in shard.problems:
         problem = b.problems[p]
@@ -70,6 +74,8 @@ def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tup
             c, g = completions[(p, k)], next(grades)
             samples.append({"text": c.text, "correct": bool(g.correct), "length": len(c.token_ids),
                             "stopped": bool(c.stopped), "has_answer": bool(g.has_answer)})
+            if scorer is not None:
+                samples[-1]["reward"] = next(scores)
         lines.append({"index": p, "id": problem.id, "problem": problem.problem, "answer": problem.answer,
                       "prompt_length": len(b.prompts[p]), "max_new_tokens": b.budgets[p], "samples": samples})
     return lines

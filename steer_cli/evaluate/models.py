@@ -101,7 +101,8 @@ class EvalModels:
 
             assert vectors is not None
             handle = attach_steering(self._base_model(), vectors.tensor, layers=vectors.layers,
-                                     place=vectors.place, trainable=False)
+                                     place=vectors.place, trainable=False, scale=target.scale,
+                                     subset=target.layers)
             try:
                 yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
             finally:
@@ -132,15 +133,14 @@ class EvalModels:
 
         tensor = None
         if vectors is not None:
-            tensor = vectors.tensor.clone()
-            if vectors.layers is not None:  # rows of unsteered layers are never applied
-                keep = set(vectors.layers)
-                for i in range(tensor.shape[0]):
-                    if i not in keep:
-                        tensor[i].zero_()
+            from steer_cli.strength import kept_layers, scaled_vectors
+
+            # the engine adds every row: those of unsteered (or left-out) layers must be zero
+            kept = kept_layers(vectors.layers, target.layers, vectors.tensor.shape[0])
+            tensor = scaled_vectors(vectors.tensor, target.scale, kept)
         model_path = str(target.weights) if target.weights else resolve_model(self.s.model.name)
         with tempfile.TemporaryDirectory(prefix="steer-eval-lora-") as tmp:
-            adapter = self._plain_adapter(target.adapter, Path(tmp)) if target.adapter else None
+            adapter = plain_adapter(self.s, target.adapter, Path(tmp)) if target.adapter else None
             backend = make_eval_backend(self.s, model_path, vectors=tensor, adapter=adapter,
                                         place=vectors.place if vectors is not None else "layer_output")
             try:
@@ -150,20 +150,21 @@ class EvalModels:
                 if close:
                     close()
 
-    def _plain_adapter(self, adapter: Path, tmp: Path) -> str:
-        """vLLM puts an adapter on the original weights. Training writes PiSSA adapters converted
-        for that; an unconverted one (saved as trained, for W - B0 A0) is converted here, on a CPU
-        copy of the base model. (The hf backend loads either kind as it is: peft reruns PiSSA.)"""
-        from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
 
-        if not is_pissa_adapter(adapter):
-            return str(adapter)
-        from steer_cli.models import load_causal_lm
+def plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:
+    """vLLM puts an adapter on the original weights. Training writes PiSSA adapters converted
+    for that; an unconverted one (saved as trained, for W - B0 A0) is converted here, on a CPU
+    copy of the base model. (The hf backend loads either kind as it is: peft reruns PiSSA.)"""
+    from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
 
-        m = self.s.model
-        base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
-                              trust_remote_code=m.trust_remote_code)
-        return str(convert_pissa_adapter(base, adapter, tmp / "adapter"))
+    if not is_pissa_adapter(adapter):
+        return str(adapter)
+    from steer_cli.models import load_causal_lm
+
+    m = settings.model
+    base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
+                          trust_remote_code=m.trust_remote_code)
+    return str(convert_pissa_adapter(base, adapter, tmp / "adapter"))
 
 
 def vllm_factory() -> Callable[..., Any]:

@@ -94,6 +94,17 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         # results of older versions do not continue into a directory of these.
         "sampling": None if proto.greedy else "per-sample seeds",
     }
+    # Added only when used, so earlier outputs (scale 1, every layer, no reward) still match.
+    if target.scale != 1.0:
+        ident["inference_scale"] = target.scale
+    if target.layers is not None:
+        ident["inference_layers"] = list(target.layers)
+    if settings.eval.reward is not None:
+        from steer_cli.reward_plugins import parse_reward, reward_sha256
+
+        spec = parse_reward(settings.eval.reward)
+        ident["reward"] = spec.text
+        ident["reward_sha256"] = reward_sha256(spec)
     return ident
 
 

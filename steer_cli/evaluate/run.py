@@ -35,6 +35,7 @@ from steer_cli.evaluate.outputs import (
 from steer_cli.evaluate.parallel import Coordinator, bind_devices
 from steer_cli.evaluate.progress import Reporter
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
+from steer_cli.evaluate.rewards import lines_rewards, read_rewards
 from steer_cli.evaluate.shards import Shard, deal, finished_lines, merge_shards, plan_shards, remove_shards
 from steer_cli.evaluate.summary import build_summary
 from steer_cli.evaluate.targets import Target
@@ -67,6 +68,10 @@ def _check(settings: Settings, targets: Sequence[Target], fields: Optional[Field
         if t.vectors is not None:
             dims = dims or model_dims(settings)
             vectors = load_target_vectors(t.vectors, settings, dims)
+            if t.layers is not None:  # a --layers subset that keeps nothing fails before any write
+                from steer_cli.strength import kept_layers
+
+                kept_layers(vectors.layers, t.layers, dims[0])
         proto = resolve_protocol(settings, t)
         ident = identity(settings, t, proto, vectors, fields)
         plans.append(_Plan(t, proto, vectors, ident, check_output_dir(t.output_dir, ident, settings.output.overwrite)))
@@ -99,6 +104,7 @@ class _Inputs:
     models: EvalModels
     stop_ids: tuple[int, ...]
     prompts: dict[str, list[list[int]]]
+    scorer: Optional[Any] = None  # eval.reward's RewardScorer
     per_budget: dict[tuple[Optional[int], Optional[int]], dict[str, BenchInputs]] = field(default_factory=dict)
 
     def bench_inputs(self, proto: Protocol, benches: Sequence[BenchmarkData]) -> dict[str, BenchInputs]:
@@ -109,8 +115,10 @@ class _Inputs:
         return self.per_budget[key]
 
 
-def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Sequence[_Plan]) -> _Inputs:
-    """Tokenizer, stop set and prompts; for vLLM, that the engine can run each target (reads only)."""
+def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Sequence[_Plan],
+                 stack: contextlib.ExitStack) -> _Inputs:
+    """Tokenizer, stop set and prompts; for vLLM, that the engine can run each target; with
+    ``eval.reward``, the scorer after a trial call of its plug-in (reads only)."""
     from steer_cli.data.prompts import completion_stop_ids, render_prompt
     from steer_cli.models import load_tokenizer, resolve_model
 
@@ -130,7 +138,14 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
     prompts = {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
                                       fmt=p.format, append_to=p.append_to) for x in b.problems]
                for b in benches}
-    return _Inputs(EvalModels(settings, tokenizer), tuple(stop_ids), prompts)
+    scorer = None
+    if settings.eval.reward is not None:
+        from steer_cli.evaluate.rewards import RewardScorer
+
+        scorer = RewardScorer(settings, tokenizer)
+        stack.callback(scorer.close)
+        scorer.check(benches[0].problems[0])  # a broken plug-in fails before anything is written
+    return _Inputs(EvalModels(settings, tokenizer), tuple(stop_ids), prompts, scorer)
 
 
 def _init(settings: Settings, plans: Sequence[_Plan], benches: Sequence[BenchmarkData], reporter: Reporter) -> None:
@@ -171,6 +186,9 @@ class _Merger:
         self.s, self.plans, self.benches, self.reporter = settings, plans, benches, reporter
         self.world, self.started = world, started
         self.matrices = [dict(p.done) for p in plans]
+        self.rewards: list[dict[tuple[str, int], list[Optional[float]]]] = [
+            {k: read_rewards(results_path(p.target.output_dir, *k)) for k in p.done} if settings.eval.reward else {}
+            for p in plans]
         self.waiting: dict[tuple[int, str, int], list[Path]] = {}
         for ti, plan in enumerate(plans):
             for b in benches:
@@ -206,6 +224,7 @@ class _Merger:
         lines = merge_shards(plan.target.output_dir, bench, seed, b.problems, n)
         matrix = [[bool(s["correct"]) for s in line["samples"]] for line in lines]
         self.matrices[ti][(bench, seed)] = matrix
+        self.rewards[ti][(bench, seed)] = lines_rewards(lines)
         metric = M.primary_metric(n)
         value = M.primary_value(M.seed_metrics(matrix, plan.proto.mean_k), metric)
         self.reporter.say(f"{plan.target.label} · {b.display} · seed {seed} · {n} sample{'s' if n > 1 else ''}: "
@@ -213,7 +232,7 @@ class _Merger:
 
     def _summarise(self, ti: int) -> None:
         plan = self.plans[ti]
-        summary = build_summary(plan.target, self.s, plan.proto, self.benches, self.matrices[ti],
+        summary = build_summary(plan.target, self.s, plan.proto, self.benches, self.matrices[ti], self.rewards[ti],
                                 processes=self.world, wall_seconds=time.perf_counter() - self.started)
         atomic_write_json(plan.target.output_dir / "summary.json", summary)
         self.reporter.say(f"{plan.target.label}: results in {plan.target.output_dir}")
@@ -254,11 +273,11 @@ def evaluate(
                     stack.enter_context(hold_dir(out, "steer eval"))
 
         coord.agree("lock", lock)  # a directory in use stops every process before any check
-        return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord)
+        return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord, outer=stack)
 
 
 def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional[FieldMap],
-              interactive: Optional[bool], coord: Coordinator) -> list[dict[str, Any]]:
+              interactive: Optional[bool], coord: Coordinator, outer: contextlib.ExitStack) -> list[dict[str, Any]]:
     from steer_cli.rollout.base import SamplingSpec
 
     started = time.perf_counter()
@@ -266,7 +285,7 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
     benches, plans = coord.agree("check", lambda: _check(settings, targets, fields, coord))
     shards = [Shard.from_json(x) for x in
               coord.agree("plan", lambda: _find_work(settings, plans, benches) if coord.main else None, share=True)]
-    inputs = coord.agree("inputs", lambda: _load_inputs(settings, benches, plans) if shards else None)
+    inputs = coord.agree("inputs", lambda: _load_inputs(settings, benches, plans, outer) if shards else None)
     coord.agree("init", lambda: _init(settings, plans, benches, reporter) if coord.main else None)
     if coord.world > 1:
         coord.agree("visible", lambda: None if coord.main else _check_visible(plans))
@@ -297,5 +316,6 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
                                     stop_token_ids=inputs.stop_ids)
             with inputs.models.backend(plan.target, plan.vectors) as backend:
                 run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches), sampling,
-                           plan.target.output_dir, written=lambda shard: merger.poll() if merger else None)
+                           plan.target.output_dir, written=lambda shard: merger.poll() if merger else None,
+                           scorer=inputs.scorer)
         return merger.wait() if merger is not None else []

@@ -14,10 +14,12 @@ from steer_cli.settings import Settings
 
 
 def build_summary(target: Target, settings: Settings, proto: Protocol, benches: Sequence[BenchmarkData],
-                  matrices: dict[tuple[str, int], list[list[bool]]], *, processes: int = 1,
+                  matrices: dict[tuple[str, int], list[list[bool]]],
+                  rewards: Optional[dict[tuple[str, int], list[Optional[float]]]] = None, *, processes: int = 1,
                   wall_seconds: Optional[float] = None) -> dict[str, Any]:
-    """summary.json of one target (format in notes/apis.md). ``processes`` and ``wall_seconds``
-    describe the invocation that wrote it (a re-run that only merged counts its own time)."""
+    """summary.json of one target (format in notes/apis.md); ``rewards`` (``eval.reward``): every
+    sample's reward per (benchmark, seed). ``processes`` and ``wall_seconds`` describe the
+    invocation that wrote it (a re-run that only merged counts its own time)."""
     benchmarks: dict[str, Any] = {}
     primary: dict[str, dict[str, float]] = {}
     for b in benches:
@@ -27,6 +29,16 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
         benchmarks[b.name] = {"display": b.display, "metric": metric, "samples": n, "problems": len(b.problems),
                               **result}
         primary[b.name] = {seed: M.primary_value(v, metric) for seed, v in result["per_seed"].items()}
+        if settings.eval.reward is not None and rewards is not None:
+            from steer_cli.evaluate.rewards import reward_summary
+
+            benchmarks[b.name]["reward"] = reward_summary({s: rewards[(b.name, s)] for s in proto.seeds})
+    extra: dict[str, Any] = {}
+    if settings.eval.reward is not None:
+        from steer_cli.reward_plugins import parse_reward, reward_sha256
+
+        spec = parse_reward(settings.eval.reward)
+        extra["reward"] = {"name": spec.text, "sha256": reward_sha256(spec)}
     return {
         "kind": SUMMARY_KIND, "format_version": FORMAT_VERSION,
         "model": target.model, "setup": target.setup, "lora_rank": target.lora_rank,
@@ -43,6 +55,9 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
         "mean_k": proto.mean_k, "backend": settings.rollout.backend,
         "processes": processes,
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
+        # steering strength at evaluation (steer eval --scale/--layers); steer report reads them
+        "scale": target.scale, "layers": list(target.layers) if target.layers is not None else None,
+        **extra,
     }
 
 
@@ -51,6 +66,13 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
 def _cell(entry: dict[str, Any], seeds: int) -> str:
     text = f"{100 * entry['mean']:.1f}"
     return text + (f" ± {100 * entry['std']:.1f}" if seeds > 1 else "")
+
+
+def _reward_cell(entry: Optional[dict[str, Any]], seeds: int) -> str:
+    if not entry or entry.get("mean") is None:
+        return "-"
+    text = f"{entry['mean']:.3f}" + (f" ± {entry['std']:.3f}" if seeds > 1 else "")
+    return text + (f" ({entry['errors']} failed)" if entry.get("errors") else "")
 
 
 def describe_protocol(summary: dict[str, Any]) -> str:
@@ -88,6 +110,10 @@ def results_table(summaries: Sequence[dict[str, Any]]) -> Any:
                 cell = _cell(entry, len(s["seeds"]))
                 row.append(cell if same_metric else f"{cell} [dim]{entry['metric']}[/dim]")
         table.add_row(*row)
+        if any("reward" in s["benchmarks"].get(n, {}) for s in summaries):
+            row = [f"  {display}: mean reward"] + ([""] if same_metric else [])
+            row += [_reward_cell(s["benchmarks"].get(n, {}).get("reward"), len(s["seeds"])) for s in summaries]
+            table.add_row(*row, style="cyan")
     if len(names) > 1:
         table.add_section()
         row = ["Average"] + ([""] if same_metric else [])
@@ -97,4 +123,7 @@ def results_table(summaries: Sequence[dict[str, Any]]) -> Any:
     from rich.text import Text
 
     notes = [Text(f"{s['label']}: {describe_protocol(s)}", style="dim") for s in summaries]
+    reward = next((s["reward"]["name"] for s in summaries if s.get("reward")), None)
+    if reward:
+        notes.append(Text(f"mean reward: {reward} (the plug-in's floats; math and exact count 1 or 0)", style="dim"))
     return Group(table, *notes)

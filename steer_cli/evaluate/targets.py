@@ -30,10 +30,16 @@ class Target:
     checkpoint: Optional[str] = None
     train_dataset: Optional[str] = None
     lora_rank: Optional[int] = None  # for lora: told apart in reports (the paper has r4 and r1 rows)
+    scale: float = 1.0  # steering strength at evaluation (--scale); 1 = as trained
+    layers: Optional[tuple[int, ...]] = None  # apply the vectors only on these layers (--layers)
 
     @property
     def trained(self) -> bool:
         return self.setup != "base"
+
+    @property
+    def as_trained(self) -> bool:
+        return self.scale == 1.0 and self.layers is None
 
 
 def _adapter_rank(adapter: Path) -> Optional[int]:
@@ -144,12 +150,15 @@ def plan_targets(
     vectors: Optional[Path] = None,
     adapter: Optional[Path] = None,
     with_base: Optional[bool] = None,
+    strengths: bool = True,
 ) -> list[Target]:
     """What ``steer eval`` evaluates, in table order (base first), each with its output directory.
 
     With a run: its checkpoint's vectors/adapter/model, plus the base model unless
     ``with_base`` is False. Otherwise ``settings.model.name``, with ``vectors`` or ``adapter``
-    attached; the base model beside them only when ``with_base`` is True.
+    attached; the base model beside them only when ``with_base`` is True. With ``strengths``,
+    trained vectors become one target per ``inference.scale`` (on ``inference.layers``), labelled
+    ``final-scale-0.5``, ``final-layers-0-10,17`` ...; scale 1 on every layer keeps the plain label.
     """
     if vectors is not None and adapter is not None:
         raise SteerError("--vectors and --adapter together: evaluate one trained thing at a time")
@@ -185,7 +194,7 @@ def plan_targets(
     if trained is not None:
         if trained.label == "base":
             trained.label = f"base-{trained.setup}"
-        targets.append(trained)
+        targets.extend(_strengths(trained, settings) if strengths else [trained])
     root = settings.output.output_dir
     for t in targets:
         if root:
@@ -197,6 +206,30 @@ def plan_targets(
 
             t.output_dir = Path(settings.output.runs_dir) / "eval" / model_slug(model) / t.label
     return targets
+
+
+def _strengths(trained: Target, settings: Settings) -> list[Target]:
+    """One target per steering scale (and the layer subset), in the order given."""
+    from dataclasses import replace
+
+    from steer_cli.strength import format_layers, format_scale
+
+    scales, layers = list(settings.inference.scale), settings.inference.layers
+    if scales == [1.0] and layers is None:
+        return [trained]
+    if trained.setup != "steering":
+        what = "adapter" if trained.setup == "lora" else "checkpoint"
+        raise SteerError(f"--scale and --layers apply to steering vectors; {trained.label} is a {trained.setup} "
+                         f"{what}; drop them")
+    out = []
+    for scale in scales:
+        label = trained.label
+        if scale != 1.0:
+            label += f"-scale-{format_scale(scale)}"
+        if layers is not None:
+            label += f"-layers-{format_layers(layers)}"
+        out.append(replace(trained, label=label, scale=scale, layers=None if layers is None else tuple(layers)))
+    return out
 
 
 def _vectors_dataset(path: Path) -> Optional[str]:

@@ -135,16 +135,28 @@ def attach_steering(
     layers: Sequence[int] | None = None,
     place: str = "layer_output",
     trainable: bool = True,
+    scale: float = 1.0,
+    subset: Sequence[int] | None = None,
 ) -> SteeringHandle:
     """Attach one vector per decoder layer; returns a handle with ``.vectors`` and ``.remove()``.
 
     ``vectors`` (``[num_layers, hidden]``) defaults to zeros, which leave the logits bit-identical.
     ``layers`` restricts steering to some layer indices (single-layer runs); default all.
+    Inference only (``trainable=False``): ``scale`` multiplies the vectors and ``subset`` keeps
+    only those of the steered layers (``--scale``, ``--layers``; ``steer_cli.strength``).
     """
     if place not in PLACES:
         raise SteerError(f"unknown steering place {place!r}; choose one of {', '.join(PLACES)}")
     located = locate(model)
     num_layers = located.num_layers
+    if scale != 1.0 or subset is not None:
+        from steer_cli.strength import kept_layers, scaled_vectors
+
+        if trainable or vectors is None:
+            raise SteerError("a steering scale or layer subset applies to given vectors at inference, "
+                             "not to trainable ones")
+        layers = kept_layers(layers, subset, num_layers)
+        vectors = scaled_vectors(vectors, scale, layers)
     hidden = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd)
     if layers is None:
         layer_ids = tuple(range(num_layers))

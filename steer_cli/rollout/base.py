@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,14 @@ class Completion:
     @property
     def stopped(self) -> bool:
         return self.finish_reason == "stop"
+
+
+def content_text(completion: Completion, tokenizer: Any) -> str:
+    """The completion's text without the stop token that ended it (what reward plug-ins and
+    ``steer generate`` show); a completion cut at its budget keeps all its text."""
+    if not completion.stopped or not completion.token_ids:
+        return completion.text
+    return tokenizer.decode(completion.token_ids[:-1], skip_special_tokens=False)
 
 
 @runtime_checkable

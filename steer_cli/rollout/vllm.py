@@ -8,6 +8,7 @@ buffer per decoder layer, updated in place through the worker extension (``vllm_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -277,6 +278,15 @@ class VLLMBackend:
         self._lora = request
         self._after_sync()
         return self._log("lora", start)
+
+    @contextlib.contextmanager
+    def without_lora(self) -> Iterator[None]:
+        """Generate with the base weights for a while (the loaded adapter stays loaded)."""
+        held, self._lora = self._lora, None
+        try:
+            yield
+        finally:
+            self._lora = held
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> float:
         """Load full weights (checkpoint names, e.g. a transformers ``state_dict``) in place."""

@@ -18,6 +18,7 @@ class Example:
     id: str
     prompt_ids: list[int]
     answer: str
+    row: Any = None  # the data file's record (reward plug-ins receive it)
 
 
 class DataOrder:
@@ -60,7 +61,7 @@ def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str,
         if (cap and len(ids) > cap) or (seq_cap and len(ids) >= seq_cap):
             too_long += 1
             continue
-        examples.append(Example(p.id, ids, p.answer))
+        examples.append(Example(p.id, ids, p.answer, p.row))
     if not examples:
         raise SteerError(
             f"no usable training problems in {s.data.dataset}: {len(problems)} loaded, {too_long} with prompts "

@@ -12,13 +12,15 @@ def step_line(m: dict[str, Any], total: int) -> str:
     parts = [
         f"step {m['step']}/{total}",
         f"reward {m['reward_mean']:+.3f}",
-        f"acc {m['accuracy']:.3f}",
+        *([f"acc {m['accuracy']:.3f}"] if m.get("accuracy") is not None else []),
         f"len {m['completion_len_mean']:.1f}",
         f"trunc {m['frac_truncated']:.2f}",
         f"loss {m['loss']:+.4f}",
         f"gnorm {m['grad_norm']:.3g}",
         f"{m['time_step']:.1f}s",
     ]
+    if m.get("reward_errors"):
+        parts.append(f"reward errors {m['reward_errors']}")
     if m.get("skipped_nonfinite"):
         parts.append("SKIPPED (non-finite)")
     return "  ".join(parts)
@@ -59,8 +61,10 @@ class Display:
         if not self.enabled:
             return
         if self.progress is not None:
-            stats = (f"reward {m['reward_mean']:+.2f} acc {m['accuracy']:.2f} "
-                     f"len {m['completion_len_mean']:.0f}/{m['completion_len_max']}")
+            acc = f" acc {m['accuracy']:.2f}" if m.get("accuracy") is not None else ""
+            errors = f" errors {m['reward_errors']}" if m.get("reward_errors") else ""
+            stats = (f"reward {m['reward_mean']:+.2f}{acc} "
+                     f"len {m['completion_len_mean']:.0f}/{m['completion_len_max']}{errors}")
             self.progress.update(self.task, completed=m["step"], stats=stats)
             if m.get("skipped_nonfinite"):
                 self.progress.console.print(f"step {m['step']}: non-finite loss or gradient, update skipped")

@@ -55,6 +55,12 @@ def check_training_settings(s: Settings) -> None:
         problems.append("rollout.temperature must be > 0 for training (log-probs use logits / T)")
     if s.output.resume and s.output.overwrite:
         problems.append("--resume and --overwrite contradict each other; pick one")
+    try:
+        from steer_cli.reward_plugins import parse_reward
+
+        parse_reward(s.train.reward)
+    except SteerError as err:
+        problems.append(str(err))
     if s.train.fsdp and s.setup.kind != "full":
         problems.append(
             f"train.fsdp (--fsdp) shards full fine-tuning; setup.kind = {s.setup.kind} (--setup) trains "
@@ -204,6 +210,9 @@ class Trainer:
         self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
         self._init_distributed()
         self._lock_output_dir()
+        from steer_cli.train.rewarding import record_reward
+
+        record_reward(s)
         self.continues = check_output_dir(self.out_dir, s)
         from steer_cli.models import load_config
         from steer_cli.patching.archs import arch_for_config
@@ -217,6 +226,9 @@ class Trainer:
         self.examples, self.data_counts = load_examples(s, self.tokenizer)
         self.stop_ids = completion_stop_ids(self.tokenizer, s.prompt.stop, s.model.name, revision=s.model.revision,
                                             trust_remote_code=s.model.trust_remote_code)
+        from steer_cli.reward_plugins import check_plugin
+
+        check_plugin(s, self.examples[0].answer, self.examples[0].row)
         from steer_cli.models import pick_dtype
 
         compute = pick_dtype(s.model.dtype, self.acc.device, config)
@@ -356,6 +368,7 @@ class Trainer:
     def step(self, step: int, grader: Any) -> dict[str, Any]:
         from steer_cli.rollout.base import SamplingSpec
         from steer_cli.train.objective import group_advantages
+        from steer_cli.train.rewarding import step_rewards
         from steer_cli.train.update import accumulate_policy_gradients
 
         s = self.s
@@ -386,14 +399,11 @@ class Trainer:
         if self._stop_requested():
             raise StepDropped
 
-        items = [(c.text, e.answer) for e, g in zip(examples, groups) for c in g]
-        grades = grader.grade(items)
+        n = s.rollout.num_generations
+        rewards, correct, reward_errors = step_rewards(grader, s, examples, groups, self.tokenizer)
         t_grade = time.perf_counter()
         if self._stop_requested():  # also: grader workers the signal ended graded their items wrong
             raise StepDropped
-        n = s.rollout.num_generations
-        correct = torch.tensor([g.correct for g in grades], dtype=torch.bool).view(len(examples), n)
-        rewards = torch.where(correct, s.train.reward_correct, s.train.reward_wrong).to(torch.float32)
         advantages = group_advantages(rewards, s.train.advantage)
 
         completions = [c for g in groups for c in g]
@@ -451,7 +461,8 @@ class Trainer:
                 f"gradient (step {step + 1}); lower the learning rate (--lr, now {s.train.lr:g})"
             )
         local = {
-            "correct": correct.view(-1).tolist(),
+            "correct": correct.view(-1).tolist() if correct is not None else [],
+            "reward_errors": [int(reward_errors)],
             "rewards": rewards.view(-1).tolist(),
             "lengths": [len(c.token_ids) for c in completions],
             "stopped": [c.stopped for c in completions],
@@ -490,7 +501,9 @@ class Trainer:
             "epoch": round((step + 1) * self.s.train.prompts_per_step / len(self.examples), 4),
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
-            "accuracy": float(torch.tensor(cat["correct"], dtype=torch.float32).mean()),
+            # a plug-in's rewards are not right or wrong: no accuracy
+            "accuracy": float(torch.tensor(cat["correct"], dtype=torch.float32).mean()) if cat["correct"] else None,
+            "reward_errors": sum(x for p in parts for x in p["reward_errors"]),
             "frac_same_reward_groups": float(np.mean(cat["same"])),
             "completion_len_mean": float(lengths.mean()),
             "completion_len_max": int(lengths.max()),
@@ -589,7 +602,6 @@ class Trainer:
 
     def _run(self) -> Path | None:
         from steer_cli.preempt import StopSignals
-        from steer_cli.rewards import Grader
         from steer_cli.train.display import Display
 
         self._setup()
@@ -607,9 +619,9 @@ class Trainer:
             f"no checkpoint written within train.preempt_save_timeout = {timeout:g} s of the stop signal; "
             "the previous checkpoint is intact: run the same command with --resume to continue from it"))
         try:
-            with self.stop, Grader(num_workers=self.s.train.grader_workers, timeout=self.s.train.grade_timeout,
-                                   template=self.s.prompt.template,
-                                   truncated_box_fallback=self.s.train.grade_truncated_box) as grader:
+            from steer_cli.reward_plugins import training_grader
+
+            with self.stop, training_grader(self.s) as grader:
                 for step in range(start, self.total_steps):
                     if self._stop_requested():
                         self._stop_at(step, dropped=False)
