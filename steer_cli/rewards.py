@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from multiprocessing.connection import wait
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from steer_cli.errors import SteerError
 from steer_cli.reward_plugins import RewardSpec, call, exact_match, load_function, parse_reward
@@ -308,15 +308,8 @@ def _worker_main(conn: Any, reward: RewardSpec | None = None) -> None:
             conn.send((_FAILED, str(err)))
             return
         conn.send(_READY)
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                return
-            if msg is None:
-                return
-            seq, completions, answers, rows = msg
-            conn.send((seq, call(fn, completions, answers, rows)))
+        _serve(conn, lambda seq, completions, answers, rows: (seq, call(fn, completions, answers, rows)))
+        return
     # math-verify logs each soft timeout; in a worker there is no one to read it.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     # The first parse/verify of a kind costs up to a second (lazy imports inside sympy and the
@@ -324,6 +317,11 @@ def _worker_main(conn: Any, reward: RewardSpec | None = None) -> None:
     for gold, pred in _WARM_UP:
         _verify_boxed(gold, pred)
     conn.send(_READY)
+    _serve(conn, lambda seq, gold_boxed, pred_boxed: (seq, _verify_boxed(gold_boxed, pred_boxed)))
+
+
+def _serve(conn: Any, answer: Callable[..., Any]) -> None:
+    """Answer each request until EOF or None."""
     while True:
         try:
             msg = conn.recv()
@@ -331,8 +329,7 @@ def _worker_main(conn: Any, reward: RewardSpec | None = None) -> None:
             return
         if msg is None:
             return
-        seq, gold_boxed, pred_boxed = msg
-        conn.send((seq, _verify_boxed(gold_boxed, pred_boxed)))
+        conn.send(answer(*msg))
 
 
 def _worker_context() -> Any:

@@ -246,12 +246,13 @@ def _torchrun(args, cwd, nproc=2):
 
 
 def test_two_processes_write_what_one_writes(tiny_lm, shared_data, tmp_path):
-    """The base model (greedy) and vectors (sampled, T=1), on one process and on two."""
+    """The base model (greedy) and vectors (sampled, T=1), each sample also scored by a reward, on
+    one process and on two."""
     from steer_cli.vectors import save_vectors
 
     vectors = save_vectors(tmp_path / "v.safetensors", 0.5 * torch.randn(2, 64, generator=torch.Generator().manual_seed(0)),
                            base_model=str(tiny_lm))
-    args = [a for a in eval_args("OUT", tiny_lm, shared_data, "--vectors", vectors, "--base")
+    args = [a for a in eval_args("OUT", tiny_lm, shared_data, "--vectors", vectors, "--base", "--reward", "exact")
             if a not in ("--temperature", "1.0")]
     one, two = tmp_path / "one", tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -269,6 +270,9 @@ def test_two_processes_write_what_one_writes(tiny_lm, shared_data, tmp_path):
         s1, s2 = (json.loads((d / label / "summary.json").read_text()) for d in (one, two))
         assert (s1["processes"], s2["processes"]) == (1, 2) and s2["wall_seconds"] > 0
         assert s1["benchmarks"] == s2["benchmarks"] and s1["average"] == s2["average"]
+        assert s2["benchmarks"]["gsm8k"]["reward"]["errors"] == 0 and s2["reward"]["name"] == "exact"
+    line = json.loads((two / "v" / "seed-1" / "gsm8k.jsonl").read_text().splitlines()[0])
+    assert all(x["reward"] in (0.0, 1.0) for x in line["samples"])
     assert proc.stdout.count("steer eval: accuracy") == 1  # the table, from the main process only
     assert proc.stderr.count("v: results in") == proc.stderr.count("base: results in") == 1
 

@@ -100,12 +100,7 @@ def test_eval_vllm_converts_an_unconverted_pissa_adapter(vllm_lm, tiny_problems,
     common = ["eval", "--model", str(vllm_lm), "--adapter", str(tmp_path / "pissa"), "--benchmarks",
               str(tiny_problems), "--temperature", "0", "--max-new-tokens", "12", "--limit", "4",
               "--set", "train.grader_workers=0"]
-    hf = runner.invoke(app, [*common, "--output-dir", str(tmp_path / "hf")])
-    assert hf.exit_code == 0, hf.output
-    vl = runner.invoke(app, [*common, "--backend", "vllm", "--output-dir", str(tmp_path / "vllm"), *VLLM_SETS])
-    assert vl.exit_code == 0, vl.output
-    bench = tiny_problems.stem
-    assert _completions(tmp_path / "hf", bench) == _completions(tmp_path / "vllm", bench)
+    _assert_hf_equals_vllm(common, tmp_path, tiny_problems.stem)
 
 
 def test_eval_vllm_on_two_processes_equals_one(vllm_lm, tiny_problems, tmp_path):
@@ -152,10 +147,14 @@ def test_generate_and_scaled_eval_vllm_equal_hf(vllm_lm, tiny_problems, tmp_path
     common = ["eval", "--model", str(vllm_lm), "--vectors", str(vfile), "--benchmarks", str(tiny_problems),
               "--temperature", "0", "--max-new-tokens", "12", "--limit", "4", "--set", "train.grader_workers=0",
               "--scale", "0.5", "--layers", "1"]
+    _assert_hf_equals_vllm(common, tmp_path, tiny_problems.stem)
+    assert json.loads((tmp_path / "vllm" / "summary.json").read_text())["scale"] == 0.5
+
+
+def _assert_hf_equals_vllm(common: list[str], tmp_path, bench: str) -> None:
+    """The same eval with the hf backend and with vLLM gives the same completions."""
     hf = runner.invoke(app, [*common, "--output-dir", str(tmp_path / "hf")])
     assert hf.exit_code == 0, hf.output
     vl = runner.invoke(app, [*common, "--backend", "vllm", "--output-dir", str(tmp_path / "vllm"), *VLLM_SETS])
     assert vl.exit_code == 0, vl.output
-    bench = tiny_problems.stem
     assert _completions(tmp_path / "hf", bench) == _completions(tmp_path / "vllm", bench)
-    assert json.loads((tmp_path / "vllm" / "summary.json").read_text())["scale"] == 0.5
