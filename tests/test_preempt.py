@@ -142,39 +142,41 @@ def test_eval_stops_on_sigterm_keeps_finished_results_and_the_same_command_conti
 
     from typer.testing import CliRunner
 
-    import steer_cli.evaluate.run as eval_run
+    import steer_cli.evaluate.generation as eval_generation
     from steer_cli.cli import _register, app
 
     _register()
     runner = CliRunner()
 
-    def args(out):
+    def args(out):  # shards of one problem (2 samples): two per (benchmark, seed)
         return ["eval", "--model", str(tiny_lm), "--data-dir", str(shared_data), "--benchmarks", "aime24,gsm8k",
                 "--samples", "2", "--temperature", "1.0", "--seeds", "0,1", "--limit", "2", "--max-new-tokens", "8",
-                "--set", "train.grader_workers=0", "-o", str(out)]
+                "--set", "train.grader_workers=0", "--set", "eval.shard_samples=2", "-o", str(out)]
 
     whole = tmp_path / "whole"
     assert runner.invoke(app, args(whole)).exit_code == 0
 
     out = tmp_path / "out"
-    write = eval_run.write_results
+    write = eval_generation.write_results
 
-    def write_then_sigterm(path, lines):  # the scheduler's SIGTERM right after the first file
+    def write_then_sigterm(path, lines):  # the scheduler's SIGTERM right after the first shard
         write(path, lines)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(eval_run, "write_results", write_then_sigterm)
+    monkeypatch.setattr(eval_generation, "write_results", write_then_sigterm)
     stopped = runner.invoke(app, args(out))
     assert stopped.exit_code == EXIT_PREEMPTED, stopped.output
     (line,) = [x for x in stopped.stderr.splitlines() if x.startswith("stopped:")]
-    assert line.startswith("stopped: SIGTERM: finished (benchmark, seed) results in ") and "same command" in line
+    assert line.startswith("stopped: SIGTERM: finished results in ") and "same command" in line
     assert "Traceback" not in stopped.output
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jsonl")) == ["seed-0/aime24.jsonl"]
+    (shard,) = out.rglob("*.jsonl")  # one finished shard, not yet merged
+    assert shard.parent.name == ".shards"
     assert not (out / "summary.json").exists() and not (out / ".steer.lock").exists()
 
-    monkeypatch.setattr(eval_run, "write_results", write)
+    monkeypatch.setattr(eval_generation, "write_results", write)
     again = runner.invoke(app, args(out))
     assert again.exit_code == 0, again.output
-    assert again.output.count("finished earlier, skipped") == 1
+    assert again.output.count("1 of 2 problems finished earlier, kept") == 1
+    assert not list(out.rglob(".shards/*"))
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, whole))
     assert summary["benchmarks"] == reference["benchmarks"] and summary["average"] == reference["average"]
