@@ -38,6 +38,24 @@ def ensure_process_group(device: torch.device) -> None:
                                 timeout=datetime.timedelta(minutes=30))
 
 
+def init_restarted_process_group() -> None:
+    """Under a torchrun restart (``--max-restarts``), start the process group on keys of this
+    attempt only. torchrun keeps one key-value store across restarts, and a new worker would
+    otherwise read the previous attempt's addresses and fail to connect ("Connection refused",
+    pytorch/pytorch#167288). accelerate then uses this group as it is."""
+    import os
+
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    store, rank, world = next(dist.rendezvous("env://"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, store=dist.PrefixStore(f"steer/attempt-{attempt}", store), rank=rank,
+                            world_size=world)
+
+
 def fsdp_modules(model: nn.Module) -> list[Any]:
     from torch.distributed.fsdp import FSDPModule
 

@@ -37,7 +37,7 @@ from steer_cli.train.checkpoint import (
     truncate_metrics,
 )
 from steer_cli.train.data import DataOrder, Example, load_examples, step_seed  # noqa: F401  (re-exported)
-from steer_cli.train.fsdp import training_state_bytes, whole
+from steer_cli.train.fsdp import init_restarted_process_group, training_state_bytes, whole
 from steer_cli.train.outputs import (  # noqa: F401  (re-exported)
     check_output_dir,
     check_training_settings,
@@ -70,6 +70,7 @@ class Trainer:
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) >= 0
         if launched and not torch.cuda.is_available():
             kwargs["cpu"] = True
+        init_restarted_process_group()
         self.acc = Accelerator(**kwargs)
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
