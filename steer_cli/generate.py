@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -144,57 +144,26 @@ def _vectors(settings: Settings, target: Any) -> Any:
 
 
 class _HFRunner:
-    """One transformers model: bare for the base column, then steered (hooks), adapted (peft) or
-    replaced (a full checkpoint) for the other."""
+    """The base column and the trained ones from ``EvalModels`` (the evaluation's hf models: one
+    base model, steered by hooks or adapted by peft, or a full checkpoint loaded in its place)."""
 
     def __init__(self, settings: Settings, target: Any, vectors: Any, tokenizer: Any) -> None:
-        from steer_cli.models import load_causal_lm
+        from steer_cli.evaluate import EvalModels
 
-        self.s, self.target, self.vectors, self.tokenizer = settings, target, vectors, tokenizer
-        self._load = load_causal_lm
-        self.model = self._model(settings.model.name)
-
-    def _model(self, name: str) -> Any:
-        import torch
-
-        m = self.s.model
-        return self._load(name, dtype=m.dtype, device="cuda" if torch.cuda.is_available() else "cpu",
-                          revision=m.revision, trust_remote_code=m.trust_remote_code,
-                          attn_implementation=m.attn_implementation)
-
-    def _backend(self, model: Any) -> Any:
-        from steer_cli.rollout.hf import HFBackend
-
-        return HFBackend(model, self.tokenizer, batch_prompts=self.s.rollout.batch_prompts)
+        self.models, self.target, self.vectors = EvalModels(settings, tokenizer), target, vectors
 
     def __enter__(self) -> "_HFRunner":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.model = None
+        self.models = None
 
-    @contextlib.contextmanager
-    def base(self) -> Iterator[Any]:
-        yield self._backend(self.model)
+    def base(self) -> Any:
+        return self.models.backend(replace(self.target, setup="base"), None)
 
-    @contextlib.contextmanager
-    def trained(self, scale: float, layers: Optional[list[int]]) -> Iterator[Any]:
-        t = self.target
-        if t.setup == "steering":
-            from steer_cli.patching.steering import attach_steering
-
-            v = self.vectors
-            with attach_steering(self.model, v.tensor, layers=v.layers, place=v.place, trainable=False,
-                                 scale=scale, subset=layers):
-                yield self._backend(self.model)
-        elif t.setup == "lora":
-            from peft import PeftModel
-
-            if not hasattr(self.model, "disable_adapter"):
-                self.model = PeftModel.from_pretrained(self.model, str(t.adapter), is_trainable=False).eval()
-            yield self._backend(self.model)
-        else:
-            yield self._backend(self._model(str(t.weights)))
+    def trained(self, scale: float, layers: Optional[list[int]]) -> Any:
+        subset = None if layers is None else tuple(layers)
+        return self.models.backend(replace(self.target, scale=scale, layers=subset), self.vectors)
 
 
 class _VLLMRunner:
