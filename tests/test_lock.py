@@ -92,7 +92,7 @@ def test_a_lock_file_whose_holder_died_is_taken_over(tmp_path):
 def test_the_lock_file_leaves_a_directory_empty_and_survives_overwrite(tmp_path):
     from steer_cli.io import clear_dir
     from steer_cli.settings import Layer, build_settings
-    from steer_cli.train.run import check_output_dir
+    from steer_cli.train.outputs import check_output_dir
 
     out = tmp_path / "run"
     s = build_settings([Layer({"output": {"output_dir": str(out)}}, "test")])

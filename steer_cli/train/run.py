@@ -36,9 +36,9 @@ from steer_cli.train.checkpoint import (
     save_final,
     truncate_metrics,
 )
-from steer_cli.train.data import DataOrder, Example, load_examples, step_seed  # noqa: F401  (re-exported)
+from steer_cli.train.data import DataOrder, load_examples, step_seed
 from steer_cli.train.fsdp import init_restarted_process_group, training_state_bytes, whole
-from steer_cli.train.outputs import (  # noqa: F401  (re-exported)
+from steer_cli.train.outputs import (
     check_output_dir,
     check_training_settings,
     default_output_dir,
