@@ -44,6 +44,7 @@ def _register() -> None:
         merge_cmd,
         presets_cmd,
         report_cmd,
+        study_cmd,
         train_cmd,
     )
 
