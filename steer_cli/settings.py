@@ -189,6 +189,21 @@ class GenerateSettings(_Group):
     max_new_tokens: int = Field(256, gt=0, description="Completion budget in tokens.")
 
 
+class StudySeedsSettings(_Group):
+    axis_removal: bool = Field(True, description="Greedy axis removal per layer (how few coordinates carry the shared direction).")
+    null: bool = Field(True, description="Also remove axes from a pair with the second vector's coordinates shuffled: the chance level.")
+    thresholds: list[float] = Field(default_factory=lambda: [0.9, 0.99], description="Cosines at which the coordinates left are reported.")
+    curve_points: int = Field(64, gt=1, description="Points of each axis-removal curve kept in study.json (log-spaced).")
+    kept_coordinates: int = Field(16, ge=0, description="Coordinates standing last in the removal, listed per layer.")
+    seed: int = Field(0, ge=0, description="Seed of the shuffled null.")
+
+
+class StudySettings(_Group):
+    """One sub-group per `steer study` experiment."""
+
+    seeds: StudySeedsSettings = Field(default_factory=StudySeedsSettings)
+
+
 class OutputSettings(_Group):
     output_dir: Optional[str] = Field(None, description="Output directory (default: runs/<model>/<dataset>/<setup>/seed-<s>).")
     runs_dir: str = Field("runs", description="Root of default output directories and of the most-recent-run lookup.")
@@ -209,6 +224,7 @@ class Settings(_Group):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     # Which layer set each key ("default", "preset ...", "--lr", ...), for error messages.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -228,7 +244,7 @@ RUNTIME_KEYS = frozenset({
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
     "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
     "train.kl_reference_offload",
-    "eval", "inference", "generate", "data.data_dir",
+    "eval", "inference", "generate", "data.data_dir", "study",
 })
 
 
