@@ -198,10 +198,21 @@ class StudySeedsSettings(_Group):
     seed: int = Field(0, ge=0, description="Seed of the shuffled null.")
 
 
+class StudyAdaptiveSettings(_Group):
+    prompts: int = Field(100, gt=0, description="Problems of the dataset (data.*, shuffled with study.adaptive.seed) each adapter completes (the reference: 100).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the completions (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(1024, gt=0, description="Completion budget in tokens.")
+    seed: int = Field(0, ge=0, description="Seed of the problem order and of sampling.")
+    plot_samples: int = Field(1, ge=0, description="Problems drawn token by token (layers x tokens, prompt segments marked).")
+    top_tokens: int = Field(10, ge=0, description="Tokens with the largest mean magnitude listed per layer.")
+
+
 class StudySettings(_Group):
     """One sub-group per `steer study` experiment."""
 
     seeds: StudySeedsSettings = Field(default_factory=StudySeedsSettings)
+    adaptive: StudyAdaptiveSettings = Field(default_factory=StudyAdaptiveSettings)
 
 
 class OutputSettings(_Group):

@@ -49,7 +49,7 @@ def prepare_output_dir(out: str | Path, *, overwrite: bool, resume: bool = False
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for p in left:
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     return out
 
 
