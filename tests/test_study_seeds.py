@@ -14,7 +14,7 @@ from steer_cli.cli import app, _register
 from steer_cli.errors import SteerError
 from steer_cli.study.record import read_study
 from steer_cli.study.seeds import greedy_axis_removal, read_layer_accuracies, row_cosines, run_seeds
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 runner = CliRunner()
 _register()

@@ -31,7 +31,7 @@ def seeds_command(
     removal: how few coordinates carry the shared direction (reference: seed_alignment)."""
     from rich.markup import escape
 
-    from steer_cli.lens import find_vectors
+    from steer_cli.lens.logit import find_vectors
     from steer_cli.study.outputs import copy_figures, default_output_dir
     from steer_cli.study.seeds import render_seeds, seeds_study
     from steer_cli.terminal import stdout_console

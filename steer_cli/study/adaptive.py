@@ -40,7 +40,7 @@ from steer_cli.data.prompts import completion_stop_ids, render_prompt_text
 from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_path, atomic_write_json
-from steer_cli.lens import TokenRenderer
+from steer_cli.lens.tokens import TokenRenderer
 from steer_cli.models import demo_model_dir, load_causal_lm, load_config, load_tokenizer, resolve_model
 from steer_cli.patching.archs import arch_for_config, locate
 from steer_cli.patching.setups import is_pissa_adapter

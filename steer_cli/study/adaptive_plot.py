@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from steer_cli.plots import _figure, _integer_ticks, _layer_colors, save_png
+from steer_cli.figures import integer_ticks, layer_colors, new_figure, save_png
 
 _SEGMENTS = ("template", "system", "problem", "completion")
 _SEGMENT_COLORS = {"template": "tab:gray", "system": "tab:purple", "problem": "tab:green", "completion": "tab:red"}
@@ -18,7 +18,7 @@ def plot_adaptive(result: Any, path: str | Path, max_points: int = 2000) -> Path
     """Left: mean, median and mean |m| per layer, divided by the mean MLP-output norm (the
     reference's normalisation). Middle: per segment, mean |m| relative to all tokens. Right: r of
     cosine(MLP output, u) with the (sign-flipped) magnitude, per layer."""
-    fig = _figure(16, 4.6)
+    fig = new_figure(16, 4.6)
     ax_line, ax_seg, ax_r = fig.subplots(1, 3)
     layers = [ls.layer for ls in result.layers]
     norm = [ls.mean_mlp_norm if ls.mean_mlp_norm > 0 else 1.0 for ls in result.layers]
@@ -27,7 +27,7 @@ def plot_adaptive(result: Any, path: str | Path, max_points: int = 2000) -> Path
         values = [s * getattr(ls, key) / n for s, ls, n in zip(sign, result.layers, norm)]
         ax_line.plot(layers, values, marker=marker, label=label)
     ax_line.set(title="token-wise magnitude / mean MLP-output norm", xlabel="layer")
-    _integer_ticks(ax_line, "x")
+    integer_ticks(ax_line, "x")
     ax_line.legend(fontsize=8)
     grid = np.array([[ls.by_segment[seg]["relative"] if ls.by_segment[seg]["relative"] is not None else np.nan
                       for seg in _SEGMENTS] for ls in result.layers], dtype=float)
@@ -40,10 +40,10 @@ def plot_adaptive(result: Any, path: str | Path, max_points: int = 2000) -> Path
             ax_seg.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
     fig.colorbar(im, ax=ax_seg, shrink=0.8)
     rs = [ls.r_cosine if ls.r_cosine is not None else np.nan for ls in result.layers]
-    ax_r.bar(layers, rs, color=_layer_colors(len(layers)))
+    ax_r.bar(layers, rs, color=layer_colors(len(layers)))
     ax_r.axhline(0, color="black", linewidth=0.6)
     ax_r.set(title="r(cosine of MLP output with u, magnitude)", xlabel="layer", ylim=(-1.05, 1.05))
-    _integer_ticks(ax_r, "x")
+    integer_ticks(ax_r, "x")
     fig.suptitle(f"study adaptive: {len(result.adapters)} rank-1 adapter(s) on {Path(str(result.model)).name}, "
                  f"{result.prompts} problem(s)")
     return save_png(fig, path)
@@ -59,7 +59,7 @@ def plot_sample(sample: dict[str, Any], renderer: Any, path: str | Path) -> Path
         values = np.asarray(sample["magnitude"][layer], dtype=float)
         span = np.nanmax(values) - np.nanmin(values) if values.size else 0.0
         grid[row, :values.size] = values / span if span > 0 else values
-    fig = _figure(max(10, min(30, width / 6)), 2.2 + 0.35 * len(layers))
+    fig = new_figure(max(10, min(30, width / 6)), 2.2 + 0.35 * len(layers))
     ax = fig.subplots()
     limit = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
     im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")

@@ -30,7 +30,7 @@ from steer_cli.study.outputs import FIGURES_DIR, Progress, prepare_output_dir, w
 from steer_cli.study.record import STUDY_KIND, write_study
 from steer_cli.study.seeds_plot import plot_seeds
 from steer_cli.terminal import print_table, print_text
-from steer_cli.vectors import load_vectors
+from steer_cli.vectors.file import load_vectors
 
 
 # -- pure math ---------------------------------------------------------------------------------

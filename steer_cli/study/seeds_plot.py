@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steer_cli.plots import _figure, _integer_ticks, _layer_colors, save_png
+from steer_cli.figures import integer_ticks, layer_colors, new_figure, save_png
 
 
 def _label(path: str) -> str:
@@ -16,7 +16,7 @@ def _label(path: str) -> str:
 def plot_seeds(result: Any, path: str | Path) -> Path:
     """Left: per-layer cosine of each pair (bars) and |ΔAcc| (orange, right axis) when known.
     Right: greedy axis removal of the first pair, one line per layer, with the shuffled null dashed."""
-    fig = _figure(14, 4.8)
+    fig = new_figure(14, 4.8)
     ax_cos, ax_rm = fig.subplots(1, 2)
     pairs = list(result.pairs.items())
     width = 0.8 / (len(pairs) + 1)
@@ -28,7 +28,7 @@ def plot_seeds(result: Any, path: str | Path) -> Path:
     low = min([0.0] + cosines) - 0.05 if min([0.0] + cosines) < 0 else 0.0
     ax_cos.axhline(0, color="black", linewidth=0.6)
     ax_cos.set(title="cosine between seeds, per layer", xlabel="layer", ylabel="cosine", ylim=(low, 1.05))
-    _integer_ticks(ax_cos, "x")
+    integer_ticks(ax_cos, "x")
     diffs = [(pl.layer, pl.acc_diff) for pl in pairs[0][1] if pl.acc_diff is not None] if pairs else []
     if diffs:
         ax_acc = ax_cos.twinx()
@@ -45,7 +45,7 @@ def plot_seeds(result: Any, path: str | Path) -> Path:
         ax_cos.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3, frameon=False)
     if pairs:
         rows = [pl for pl in pairs[0][1] if pl.removal is not None]
-        colors = _layer_colors(len(rows))
+        colors = layer_colors(len(rows))
         for color, pl in zip(colors, rows):
             curve = pl.removal.sampled(result.curve_points)
             ax_rm.plot([d for d, _ in curve], [c for _, c in curve], color=color, label=f"layer {pl.layer}")
