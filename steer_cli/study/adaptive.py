@@ -35,17 +35,16 @@ from safetensors.torch import save_file
 
 from peft import PeftModel
 
-from steer_cli.data.datasets import load_train_set
+from steer_cli.data.datasets import sample_problems
 from steer_cli.data.prompts import completion_stop_ids, render_prompt_text
-from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_path, atomic_write_json
 from steer_cli.lens.tokens import TokenRenderer
 from steer_cli.models import demo_model_dir, load_causal_lm, load_config, load_tokenizer, resolve_model
 from steer_cli.patching.archs import arch_for_config, locate
 from steer_cli.patching.setups import is_pissa_adapter
-from steer_cli.rollout.base import SamplingSpec
-from steer_cli.rollout.hf import HFBackend
+from steer_cli.rollout.base import SampleRequest, SamplingSpec
+from steer_cli.rollout.hf import HFBackend, chunk_seed
 from steer_cli.study.adaptive_plot import plot_adaptive, plot_sample
 from steer_cli.study.outputs import FIGURES_DIR, Progress, prepare_output_dir, write_settings
 from steer_cli.study.record import describe_input, write_study
@@ -298,19 +297,6 @@ def forced_stats(model: Any, ids: Sequence[int], capture: LoraCapture) -> dict[i
 
 
 # -- the study ---------------------------------------------------------------------------------
-def study_problems(settings: Any, count: int, seed: int) -> list[str]:
-    """``count`` problems of the dataset (data.*): shuffled with ``seed`` unless data.shuffle is off
-    (the reference shuffles DeepScaleR's train split and takes the first N)."""
-    d = settings.data
-    fields = None
-    if d.problem_field or d.answer_field or d.answer_format:
-        fields = FieldMap(problem=d.problem_field or "problem", answer=d.answer_field or "answer",
-                          answer_kind=d.answer_format or "plain")
-    problems, _ = load_train_set(d.dataset, data_dir=d.data_dir, fields=fields, split=d.split, limit=d.limit)
-    order = np.random.default_rng(seed).permutation(len(problems)) if d.shuffle else np.arange(len(problems))
-    return [problems[int(i)].problem for i in order[:count]]
-
-
 def load_with_adapters(settings: Any, infos: Sequence[AdapterInfo]) -> Any:
     """The base model with every adapter loaded under its ``name`` (one active at a time)."""
     m = settings.model
@@ -487,7 +473,7 @@ def adaptive_study(adapter_targets: Sequence[str | Path], settings: Any, *, outp
     write_settings(out, settings)
 
     tokenizer = load_tokenizer(model_name, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    problems = study_problems(settings, s.prompts, s.seed)
+    problems = [pr.problem for pr in sample_problems(settings.data, s.prompts, s.seed)]
     if len(problems) < s.prompts:
         notes.append(f"the dataset has {len(problems)} usable problems, fewer than study.adaptive.prompts={s.prompts}")
     p = settings.prompt
@@ -518,13 +504,16 @@ def adaptive_study(adapter_targets: Sequence[str | Path], settings: Any, *, outp
                     if path.exists():
                         continue
                     part = prompts[start:start + batch]
+                    greedy = s.temperature == 0.0
+                    requests = [SampleRequest(tuple(ids), None if greedy else chunk_seed(_seed(s.seed, k), start + j),
+                                              s.max_new_tokens, group=j) for j, (ids, _) in enumerate(part)]
                     sampling = SamplingSpec(n=1, temperature=s.temperature, top_p=s.top_p,
-                                            max_new_tokens=s.max_new_tokens, stop_token_ids=stop_ids,
-                                            seed=_seed(s.seed, k))
-                    completions = backend.generate([ids for ids, _ in part], sampling, first_index=start)
+                                            max_new_tokens=s.max_new_tokens, stop_token_ids=stop_ids)
+                    completions: list[Any] = [None] * len(part)
+                    for j, c in backend.stream_samples(requests, sampling):
+                        completions[j] = c
                     rows = []
-                    for j, ((ids, labels), group) in enumerate(zip(part, completions)):
-                        c = group[0]
+                    for j, ((ids, labels), c) in enumerate(zip(part, completions)):
                         gen = list(c.token_ids[:-1] if c.stopped else c.token_ids)
                         seq = list(ids) + gen
                         stats = forced_stats(model, seq, capture)
