@@ -33,8 +33,7 @@ def adaptive_command(
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Root of the default output directory."),
 ) -> None:
-    """Per token and layer, the steering magnitude of rank-1 LoRA adapters and its cosine with the
-    MLP output, with the prompt's segments marked (companion paper §10, Appendix S)."""
+    """Rank-1 LoRA adapters as token-wise steering: magnitude per token and layer, its cosine with the MLP output, prompt segments marked (paper §10, Appendix S)."""
     from rich.markup import escape
 
     from steer_cli.study.adaptive import adaptive_study, base_model_of, find_adapter_dirs, render_adaptive

@@ -264,8 +264,8 @@ def _through_tuned(vectors: torch.Tensor, unembed: torch.Tensor, tuned: str | Pa
     """A_l s_l for every layer, and how much the lens turns and stretches each vector."""
     lens = load_tuned_lens(tuned)
     if (lens.num_layers, lens.hidden) != tuple(vectors.shape):
-        raise SteerError(f"the tuned lens in {tuned} is for a model of {lens.num_layers} layers x {lens.hidden}, "
-                         f"the vectors are [{vectors.shape[0]}, {vectors.shape[1]}]: train a lens for their model")
+        raise SteerError(f"the tuned lens in {tuned} is for another model ({lens.num_layers} layers x {lens.hidden}; "
+                         f"the vectors are [{vectors.shape[0]}, {vectors.shape[1]}]): train a lens for their model")
     if lens.unembed_hash and lens.unembed_hash != library_unembed_hash(unembed):
         notes.append(f"warning: the tuned lens in {tuned} was trained with another unembedding (unembed_hash)")
     read = lens.project_directions(vectors)
