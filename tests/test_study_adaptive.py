@@ -132,6 +132,11 @@ def test_cli_on_the_demo_writes_the_study_resumes_and_refuses_bad_input(tmp_path
     assert doc["results"]["figures"] == ["figures/adaptive.png", "figures/sample-0.png"]
     assert all((out / f).stat().st_size > 0 for f in doc["results"]["figures"])
     assert len(doc["inputs"]["adapters"]) == 2 and doc["inputs"]["adapters"][0]["sha256"]
+    # the unit directions as a vectors file the logit lens reads
+    lens = runner.invoke(app, ["lens", str(out / "directions.safetensors"), "--json", "--top-k", "2"])
+    assert lens.exit_code == 0, lens.output
+    assert [ll["layer"] for ll in json.loads(lens.stdout)["layers"]] == [1, 3]
+    assert [round(n, 5) for n in json.loads(lens.stdout)["norms"]] == [0.0, 1.0, 0.0, 1.0]
     # an interrupted study (one chunk and study.json gone) resumes to the same numbers
     chunks = sorted((out / "partial").glob("adapter-*.safetensors"))
     assert len(chunks) == 2

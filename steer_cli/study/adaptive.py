@@ -39,6 +39,7 @@ from steer_cli.data.datasets import sample_problems
 from steer_cli.data.prompts import completion_stop_ids, render_prompt_text
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_path, atomic_write_json
+from steer_cli.lens.logit import stable_rank
 from steer_cli.lens.tokens import TokenRenderer
 from steer_cli.models import demo_model_dir, load_causal_lm, load_config, load_tokenizer, resolve_model
 from steer_cli.patching.archs import arch_for_config, locate
@@ -49,9 +50,11 @@ from steer_cli.study.adaptive_plot import plot_adaptive, plot_sample
 from steer_cli.study.outputs import FIGURES_DIR, Progress, prepare_output_dir, write_settings
 from steer_cli.study.record import describe_input, write_study
 from steer_cli.terminal import print_table, print_text
+from steer_cli.vectors.file import save_vectors
 
 SEGMENTS = ("template", "system", "problem", "completion")
 PARTIAL_DIR = "partial"
+DIRECTIONS_FILE = "directions.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -349,12 +352,14 @@ class AdaptiveResult:
     direction_cosines: list[list[float]]
     samples: list[dict[str, Any]]  # the first few prompts' per-token arrays, for the figures
     notes: list[str] = field(default_factory=list)
+    stable_rank: Optional[float] = None  # of the unit directions stacked
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "prompts": self.prompts, "segments": list(SEGMENTS),
                 "adapters": [{"path": str(a.path), "name": a.name, "layers": a.layers} for a in self.adapters],
                 "layers": [ls.to_json() for ls in self.layers],
-                "direction_cosines": self.direction_cosines}
+                "direction_cosines": self.direction_cosines, "stable_rank": self.stable_rank,
+                "directions": DIRECTIONS_FILE}
 
 
 def _work_settings(settings: Any) -> dict[str, Any]:
@@ -544,6 +549,14 @@ def adaptive_study(adapter_targets: Sequence[str | Path], settings: Any, *, outp
     u = torch.stack([directions[ls.layer] for ls in layer_stats])
     result = AdaptiveResult(model_name, infos, len(prompts), layer_stats, (u @ u.T).tolist(),
                             [samples[i] for i in sorted(samples)], notes)
+    result.stable_rank = stable_rank(u)
+    # the unit directions as a vectors file, so `steer lens` reads them like trained vectors
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = torch.zeros(int(text.num_hidden_layers), int(text.hidden_size))
+    for ls in layer_stats:
+        rows[ls.layer] = directions[ls.layer]
+    save_vectors(out / DIRECTIONS_FILE, rows, base_model=model_name, layers=[ls.layer for ls in layer_stats],
+                 place="down_proj_bias", setup="lora rank-1 directions (unit B columns)")
     figures: list[Path] = []
     if plot:
         figures.append(plot_adaptive(result, out / FIGURES_DIR / "adaptive.png"))
