@@ -53,7 +53,7 @@ from steer_cli.lens.tuned import (
 )
 from steer_cli.models import load_causal_lm, load_tokenizer, model_slug, resolve_model
 from steer_cli.patching.archs import locate
-from steer_cli.rollout.base import SampleRequest, SamplingSpec
+from steer_cli.rollout.base import SampleRequest, SamplingSpec, completion_budgets
 from steer_cli.rollout.hf import HFBackend, chunk_seed
 
 PARTIAL_DIR = "partial"
@@ -115,14 +115,17 @@ def generated_sequences(model: Any, tokenizer: Any, settings: Any, partial: Path
                 continue
             done.update({int(k): v for k, v in item.items()})
     greedy = s.temperature == 0.0
-    spec = SamplingSpec(n=1, temperature=s.temperature, top_p=1.0, max_new_tokens=s.max_new_tokens,
+    r = settings.rollout
+    budgets = completion_budgets([len(x) for x in prompts], s.max_new_tokens or r.max_new_tokens,
+                                 r.max_seq_length) if prompts else ()
+    spec = SamplingSpec(n=1, temperature=s.temperature, top_p=1.0, max_new_tokens=max(budgets, default=1),
                         stop_token_ids=stop_ids)
     backend = HFBackend(model, tokenizer, batch_prompts=settings.rollout.batch_prompts)
     batch = settings.rollout.batch_prompts
     for start in range(0, len(prompts), batch):
         todo = [i for i in range(start, min(start + batch, len(prompts))) if i not in done]
         if todo:
-            requests = [SampleRequest(tuple(prompts[i]), None if greedy else chunk_seed(s.seed, i), s.max_new_tokens,
+            requests = [SampleRequest(tuple(prompts[i]), None if greedy else chunk_seed(s.seed, i), budgets[i],
                                       group=n) for n, i in enumerate(todo)]
             chunk = {}
             for j, c in backend.stream_samples(requests, spec):
@@ -305,7 +308,7 @@ def train_tuned_lens(settings: Any, *, output_dir: str | Path, data: Optional[st
     else:
         sequences = generated_sequences(model, tokenizer, settings, partial, progress("completions"))
         source = {"dataset": settings.data.dataset, "prompts": len(sequences), "temperature": s.temperature,
-                  "max_new_tokens": s.max_new_tokens, "file": SEQUENCES_FILE}
+                  "max_new_tokens": s.max_new_tokens or settings.rollout.max_new_tokens, "file": SEQUENCES_FILE}
     if eval_data is not None:
         held_out = sequences_from_file(eval_data, tokenizer, settings.prompt, s.max_seq_length)
         eval_source: dict[str, Any] = {"file": str(Path(eval_data).resolve()), "sha256": _sha256(eval_data)}

@@ -44,7 +44,7 @@ from steer_cli.lens.tokens import TokenRenderer
 from steer_cli.models import demo_model_dir, load_causal_lm, load_config, load_tokenizer, resolve_model
 from steer_cli.patching.archs import arch_for_config, locate
 from steer_cli.patching.setups import is_pissa_adapter
-from steer_cli.rollout.base import SampleRequest, SamplingSpec
+from steer_cli.rollout.base import SampleRequest, SamplingSpec, completion_budgets
 from steer_cli.rollout.hf import HFBackend, chunk_seed
 from steer_cli.study.adaptive_plot import plot_adaptive, plot_sample
 from steer_cli.study.outputs import FIGURES_DIR, Progress, prepare_output_dir, write_settings
@@ -366,7 +366,7 @@ def _work_settings(settings: Any) -> dict[str, Any]:
     """The settings that decide what the chunk files hold (a resumed study must share them)."""
     d = settings.to_dict()
     return {"study.adaptive": d["study"]["adaptive"], "model": d["model"], "data": d["data"], "prompt": d["prompt"],
-            "rollout.batch_prompts": d["rollout"]["batch_prompts"]}
+            "rollout": {k: d["rollout"][k] for k in ("batch_prompts", "max_new_tokens", "max_seq_length")}}
 
 
 def _start_partial(partial: Path, manifest: dict[str, Any], *, fresh: bool) -> None:
@@ -486,7 +486,9 @@ def adaptive_study(adapter_targets: Sequence[str | Path], settings: Any, *, outp
                               fmt=p.format, append_to=p.append_to) for problem in problems]
     stop_ids = completion_stop_ids(tokenizer, p.stop, model_name, revision=m.revision,
                                    trust_remote_code=m.trust_remote_code)
-    batch = settings.rollout.batch_prompts
+    batch, r = settings.rollout.batch_prompts, settings.rollout
+    budgets = completion_budgets([len(ids) for ids, _ in prompts], s.max_new_tokens or r.max_new_tokens,
+                                 r.max_seq_length)
     chunks = [(k, start) for k in range(len(infos)) for start in range(0, len(prompts), batch)]
 
     capture_meta: dict[int, tuple[float, float]] = {}
@@ -511,9 +513,9 @@ def adaptive_study(adapter_targets: Sequence[str | Path], settings: Any, *, outp
                     part = prompts[start:start + batch]
                     greedy = s.temperature == 0.0
                     requests = [SampleRequest(tuple(ids), None if greedy else chunk_seed(_seed(s.seed, k), start + j),
-                                              s.max_new_tokens, group=j) for j, (ids, _) in enumerate(part)]
+                                              budgets[start + j], group=j) for j, (ids, _) in enumerate(part)]
                     sampling = SamplingSpec(n=1, temperature=s.temperature, top_p=s.top_p,
-                                            max_new_tokens=s.max_new_tokens, stop_token_ids=stop_ids)
+                                            max_new_tokens=max(budgets), stop_token_ids=stop_ids)
                     completions: list[Any] = [None] * len(part)
                     for j, c in backend.stream_samples(requests, sampling):
                         completions[j] = c

@@ -9,8 +9,13 @@ from steer_cli.figures import integer_ticks, layer_colors, new_figure, save_png
 
 
 def _label(path: str) -> str:
+    """A short name: the run of a run's vectors file (its final/ or checkpoint-N/ named after it)."""
     p = Path(path)
-    return p.parent.name if p.name == "vectors.safetensors" and p.parent.name else p.stem
+    if p.name != "vectors.safetensors" or not p.parent.name:
+        return p.stem
+    if p.parent.name == "final" or p.parent.name.startswith("checkpoint-"):
+        return p.parent.parent.name if p.parent.name == "final" else f"{p.parent.parent.name}/{p.parent.name}"
+    return p.parent.name
 
 
 def plot_seeds(result: Any, path: str | Path) -> Path:
@@ -54,10 +59,12 @@ def plot_seeds(result: Any, path: str | Path) -> Path:
                 ax_rm.plot([d for d, _ in null], [c for _, c in null], color=color, linestyle=":", linewidth=0.9)
         for t in result.thresholds:
             ax_rm.axhline(t, color="gray", linewidth=0.6, linestyle="--")
+        lowest = min([0.0] + [c for pl in rows for r in (pl.removal, pl.null_removal) if r is not None
+                              for c in r.cosines])
         ax_rm.set_xscale("log")
         ax_rm.invert_xaxis()
         ax_rm.set(title="greedy axis removal (dotted: coordinates shuffled)", xlabel="coordinates left",
-                  ylabel="cosine", ylim=(-1.05, 1.05))
+                  ylabel="cosine", ylim=(lowest - 0.05, 1.05))
         if rows and len(rows) <= 12:
             ax_rm.legend(fontsize=7, ncol=2)
     fig.suptitle("study seeds: " + ", ".join(_label(p) for p in result.paths))
