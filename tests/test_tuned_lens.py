@@ -155,7 +155,9 @@ def test_cli_trains_on_the_demo_reads_vectors_through_it_and_refuses_bad_input(t
     assert info["trained_layers"] == [0, 1, 2] and info["updates"] == 2 and info["sequences"] == 3
     assert info["eval_kl"]["tuned"][3] == 0.0 and info["eval_kl"]["logit_lens"][3] == 0.0
     assert info["eval_data"]["in_sample"] and (out / "figures" / "tuned_lens.png").stat().st_size > 0
-    assert (out / "sequences.jsonl").exists() and not (out / "partial").exists()
+    assert not (out / "partial").exists()
+    rows = [json.loads(line) for line in (out / "sequences.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["input_ids"]) > 2 for r in rows)  # --data reads it back
     vectors = save_vectors(tmp_path / "v.safetensors", torch.randn(4, 128), base_model="demo")
     read = runner.invoke(app, ["lens", str(vectors), "--tuned", str(out), "--json", "--top-k", "3",
                                "--plot", str(tmp_path / "lens.png")])

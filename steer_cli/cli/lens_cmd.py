@@ -104,7 +104,9 @@ def lens_command(
             t = result.tuned
             shown = [i for i, c in enumerate(t["cosine"]) if c is not None]
             extra = plot.with_name(f"{plot.stem}-tuned{plot.suffix or '.png'}")
-            title = f"{Path(result.vectors_path).name} through the tuned lens {Path(t['dir']).name}"
+            source = Path(result.vectors_path)
+            name = source.parent.parent.name if source.parent.name == "final" else source.name
+            title = f"{name} through the tuned lens {Path(t['dir']).name}"
             written = run_command(plot_directions, shown, [t["cosine"][i] for i in shown],
                                   [t["norm_ratio"][i] for i in shown], title, extra)
             _say(f"wrote {written}")

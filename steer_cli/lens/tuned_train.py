@@ -343,8 +343,8 @@ def train_tuned_lens(settings: Any, *, output_dir: str | Path, data: Optional[st
     figures: list[Path] = []
     if plot:
         figures.append(plot_training(lens, out / "figures" / "tuned_lens.png"))
-    if (partial / SEQUENCES_FILE).exists():  # the generated training data stays beside the lens
-        (partial / SEQUENCES_FILE).replace(out / SEQUENCES_FILE)
+    if data is None:  # the generated training data stays beside the lens, readable by --data
+        atomic_write_text(out / SEQUENCES_FILE, "".join(json.dumps({"input_ids": ids}) + "\n" for ids in sequences))
     save_tuned_lens(out, lens)
     shutil.rmtree(partial)
     return lens, out, figures
