@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -13,14 +14,13 @@ from steer_cli.cli.common import (
     PRESET_HELP,
     SET_HELP,
     doc,
-    fail,
     is_interactive,
     parse_int_list,
     parse_str_list,
     run_command,
     settings_from_cli,
 )
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, WriteError
 from steer_cli.runs import latest_run
 
 RUN_HELP = ("Training run directories, or their checkpoints (final, checkpoint-N), to evaluate with their "
@@ -101,14 +101,15 @@ def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[st
     coord = ev.Coordinator.connect()
     try:
         return _eval_all(coord, print_settings=print_settings, raw=raw, flags=flags, **kwargs)
-    except ev.ReportedByMain:
+    except ev.ReportedByMain as err:
         coord.wait_reported()
-        raise typer.Exit(2) from None  # the main process prints the error
-    except SteerError as err:
+        raise typer.Exit(err.exit_code) from None  # the main process prints the error
+    except (SteerError, WriteError) as err:
         if not coord.main:
             raise  # this process's own error (while generating): it prints it
         try:
-            fail(str(err))
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(err.exit_code) from None
         finally:
             coord.reported()
 
