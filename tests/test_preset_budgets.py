@@ -44,7 +44,7 @@ def _expected(name: str) -> dict:
         "rollout_len": train["max_seq_length"], "n": train["num_generations"],
         "eval_len": train["max_seq_length"], "limit": ev["num_eval_samples"], "subset_seed": ev["subsample_ds_seed"],
         "benchmarks": {BENCHMARKS[b].hub.path for b in ev["test_datasets"].values()},
-        "samples": lambda hub: ev["num_generations_in_eval"],
+        "samples": lambda hub: ev["num_generations_in_eval"], "mean_k": ev["num_generations_in_eval"],  # mean@8
         # In-training evaluation: the step-0 (base) and trained evaluations sample alike.
         "base_temperature": REF["sampling"]["generation_temperature"],
         "trained_temperature": REF["sampling"]["generation_temperature"],
@@ -72,6 +72,8 @@ def test_preset_budgets_match_the_reference_configs(name):
                                                  sampling["top_k"]), name
     e = s.eval
     assert (e.limit, e.subset_seed, e.top_p) == (want["limit"], want["subset_seed"], sampling["top_p"]), name
+    if "mean_k" in want:
+        assert e.mean_k == want["mean_k"], name
     benches = resolve_eval_benchmarks(e.benchmarks)
     assert {BENCHMARKS[b].hub.path for b in benches} == want["benchmarks"], name
     for setup, temperature in (("base", want["base_temperature"]), (s.setup.kind, want["trained_temperature"])):

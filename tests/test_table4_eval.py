@@ -14,7 +14,7 @@ from steer_cli.cli import _register, app
 from steer_cli.data.subsets import subset_indices
 from steer_cli.presets import preset_layer
 from steer_cli.settings import Layer, build_settings
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 _register()
 
