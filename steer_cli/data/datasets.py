@@ -10,9 +10,9 @@ from typing import Any
 
 import datasets
 
+from steer_cli import demo
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, columns_of, guess_fields, rows_to_problems
-from steer_cli import demo
 from steer_cli.errors import SteerError
 
 
