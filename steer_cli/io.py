@@ -68,10 +68,11 @@ def writing(path: str | os.PathLike, part: str | None = None) -> Iterator[None]:
     try:
         yield
     except WriteError as inner:
-        if inner.path is None or inner.path == str(path):
+        sub = _in_temporary(inner.path, path)
+        if sub is None:  # it names its own file already
             raise
         err = OSError(inner.errno, inner.reason or str(inner))
-        raise WriteError.from_os(path, err, part or _part(inner.path, path)) from inner
+        raise WriteError.from_os(path, err, part or sub) from inner
     except SteerError:
         raise
     except Exception as exc:
@@ -82,15 +83,23 @@ def writing(path: str | os.PathLike, part: str | None = None) -> Iterator[None]:
 
 
 def _part(filename: Any, path: str | os.PathLike) -> str | None:
-    """Where ``filename`` lies inside the directory ``path`` or inside its temporary directory
-    (``.<name>.<random>.tmp/``, which is ``path`` once renamed); None elsewhere."""
+    """Where ``filename`` lies inside the directory ``path`` or its temporary directory; else None."""
     if not isinstance(filename, str):
         return None
-    f, p = Path(filename), Path(path)
     with contextlib.suppress(ValueError):
-        return str(f.relative_to(p)) if f != p else None
+        rel = Path(filename).relative_to(path)
+        return str(rel) if rel.parts else None
+    return _in_temporary(filename, path)
+
+
+def _in_temporary(filename: Any, path: str | os.PathLike) -> str | None:
+    """Where ``filename`` lies inside the temporary directory (``.<name>.<random>.tmp/``) that
+    ``atomic_dir`` renames to ``path``; None elsewhere."""
+    if not isinstance(filename, str):
+        return None
+    p = Path(path)
     try:
-        rel = f.relative_to(p.parent).parts
+        rel = Path(filename).relative_to(p.parent).parts
     except ValueError:
         return None
     if len(rel) > 1 and rel[0].startswith(f".{p.name}.") and rel[0].endswith(".tmp"):

@@ -485,8 +485,8 @@ class Trainer:
         saved = getattr(self, "_saved_step", None)
         if saved is None:
             return f"{fix}, then run the same command with --resume"
-        where = f"continues from checkpoint-{saved}" if saved else "starts over (no checkpoint yet)"
-        return f"nothing earlier was removed: {fix}, then run the same command with --resume (it {where})"
+        where = f"it continues from checkpoint-{saved}" if saved else "no checkpoint yet: it starts over"
+        return f"nothing earlier was removed: {fix}, then run the same command with --resume ({where})"
 
     def _run(self) -> Path | None:
         self._setup()
