@@ -42,10 +42,9 @@ def _main(argv):
 def test_in_process_nothing_is_left_after_success_a_write_error_and_sigterm(tiny_lm, tiny_problems, tmp_path,
                                                                             monkeypatch, capsys):
     base = ["train", "--model", tiny_lm, "--dataset", tiny_problems, "--prompts-per-step", "2",
-            "--num-generations", "2", "--max-new-tokens", "4", "--max-steps", "2", "--save-every", "1",
-            "--set", "train.grader_workers=2"]
+            "--num-generations", "2", "--max-new-tokens", "4", "--max-steps", "1", "--set", "train.grader_workers=2"]
     before = _descendants()
-    for i, (fault, code) in enumerate([(None, 0), ("write@*/final", 74), ("generate@2:term", 75)]):
+    for i, (fault, code) in enumerate([(None, 0), ("write@*/final", 74), ("generate@1:term", 75)]):
         if fault:
             monkeypatch.setenv("STEER_FAULT", fault)
         assert _main([*base, "--output-dir", tmp_path / f"run{i}"]) == code, capsys.readouterr().err

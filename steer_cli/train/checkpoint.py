@@ -226,11 +226,6 @@ def set_aside(path: Path) -> Path:
     return target
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = list_checkpoints(out_dir)
-    return found[-1][1] if found else None
-
-
 def run_vectors_file(path: Path) -> Path | None:
     """``vectors.safetensors`` of a checkpoint directory, or of a run's ``final/`` (else its newest
     ``checkpoint-N/``); None when there is none. A LoRA or full run is a clear error."""
