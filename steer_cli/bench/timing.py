@@ -195,6 +195,7 @@ def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> 
     from transformers import GenerationConfig
 
     from steer_cli.patching.steering import attach_steering
+    from steer_cli.rollout.hf import generate_exactly
 
     g = torch.Generator().manual_seed(cfg.seed + 1)
     vocab = base.config.vocab_size
@@ -209,7 +210,7 @@ def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> 
             sync(device)
             t0 = time.perf_counter()
             with torch.no_grad():
-                base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+                generate_exactly(base, gen, input_ids=ids, attention_mask=torch.ones_like(ids))
             sync(device)
             return time.perf_counter() - t0
         finally:

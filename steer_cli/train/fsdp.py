@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from steer_cli.errors import SteerError
+from steer_cli.models import dtype_field
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -203,7 +204,7 @@ def save_pretrained_gathered(model: nn.Module, state: dict[str, torch.Tensor], d
     config = json.loads(config_file.read_text())
     config["architectures"] = [unwrapped_class_name(model)]
     if dtype is not None:
-        config["dtype"] = str(dtype).removeprefix("torch.")
+        config[dtype_field()] = str(dtype).removeprefix("torch.")
     config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
