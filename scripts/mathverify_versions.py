@@ -65,6 +65,7 @@ def rewrites(g: str) -> Iterator[tuple[str, str, bool | None]]:
         yield "int_text", f"\\text{{{n}}}", True
         yield "int_dollars", f"\\${n}", True
         yield "int_percent", f"{n}\\%", None
+        yield "int_textbf", f"\\textbf{{{n}}}", True
         if abs(n) >= 1000:
             yield "int_thousands_comma", f"{n:,}", True
             yield "int_thousands_thinspace", f"{n:,}".replace(",", "\\,"), True
@@ -87,6 +88,11 @@ def rewrites(g: str) -> Iterator[tuple[str, str, bool | None]]:
         exact = value.denominator in (1, 2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 100)
         yield "frac_decimal", f"{float(value):.6g}", True if exact else None
         yield "frac_decimal_2dp", f"{float(value):.2f}", True if float(f"{float(value):.2f}") == value else False
+    if g.rstrip().endswith("%"):
+        bare = g.rstrip().rstrip("%").rstrip("\\").strip()
+        yield "percent_dropped", bare, None
+        if re.match(r"^-?\d+(\.\d+)?$", bare):
+            yield "percent_as_decimal", f"{float(bare) / 100:g}", None
     if SQRT.search(g):
         yield "sqrt_bare", SQRT.sub(r"\\sqrt \1", g), True
         yield "sqrt_power", SQRT.sub(r"\1^{1/2}", g), True
@@ -213,6 +219,8 @@ def compare(args: argparse.Namespace) -> None:
         raise SystemExit("the two files hold different cases: build them with the same script and data")
     differ = [(x, y) for x, y in zip(ca, cb) if x["correct"] != y["correct"]]
     print(f"math-verify {va} vs {vb}: {len(differ)} of {len(ca)} verdicts differ ({100 * len(differ) / len(ca):.2f}%)")
+    more_b = sum(y["correct"] for _, y in differ)
+    print(f"  {vb} accepts where {va} rejects: {more_b}; the reverse: {len(differ) - more_b}")
     for kind in ("gold", "solution", "rewrite"):
         n = sum(c["kind"] == kind for c in ca)
         d = sum(x["kind"] == kind for x, _ in differ)
