@@ -35,7 +35,8 @@ from typing import Any, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steer_cli.data.benchmarks import ALL_BENCHMARKS, load_benchmark  # noqa: E402
-from steer_cli.rewards import extract_answer, gold_text, is_correct  # noqa: E402
+from steer_cli.rewards.extraction import extract_answer, gold_text  # noqa: E402
+from steer_cli.rewards.grading import is_correct  # noqa: E402
 
 INT = re.compile(r"^-?\d+$")
 DECIMAL = re.compile(r"^-?\d*\.\d+$")

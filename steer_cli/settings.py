@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from steer_cli.errors import SteerError
+from steer_cli.patching.strength import parse_layer_spec, parse_scales
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -138,7 +139,8 @@ class EvalSettings(_Group):
     temperature: Optional[float] = Field(None, ge=0, description="Sampling temperature (default: 0 for a base model, 1.0 for a trained one).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     seeds: list[int] = Field(default_factory=lambda: [0], description="Evaluation seeds; results are reported as mean ± std.")
-    limit: Optional[int] = Field(None, gt=0, description="Evaluate only the first N problems of each benchmark.")
+    limit: Optional[int] = Field(None, gt=0, description="Evaluate only N problems of each benchmark: the first N, or N drawn at random with eval.subset_seed.")
+    subset_seed: Optional[int] = Field(None, ge=0, description="With eval.limit: draw the N problems at random with this seed, as the reference draws its 500 GSM8K test problems (numpy default_rng(seed).choice, no repeats), instead of taking the first N.")
     max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget cap (default: each prompt gets the rest of eval.max_seq_length; rollout.max_new_tokens when that is unset too).")
     max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
@@ -149,7 +151,6 @@ class EvalSettings(_Group):
 def _layer_list(value: Any) -> Any:
     if value is None or isinstance(value, (list, tuple)):
         return value
-    from steer_cli.strength import parse_layer_spec
 
     try:
         return parse_layer_spec(value, "inference.layers")
@@ -164,8 +165,6 @@ class InferenceSettings(_Group):
     @field_validator("scale", mode="before")
     @classmethod
     def _scales(cls, value: Any) -> Any:
-        from steer_cli.strength import parse_scales
-
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         try:

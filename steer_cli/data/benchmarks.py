@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, guess_fields, rows_to_problems
+from steer_cli.data.subsets import random_subset
 from steer_cli.errors import SteerError
 
 
@@ -159,11 +162,13 @@ def load_benchmark(
     *,
     limit: int | None = None,
     fields: FieldMap | None = None,
+    subset_seed: int | None = None,
 ) -> list[Problem]:
     """Every problem of a benchmark, each with a non-empty answer (any bad row is an error).
 
     ``name`` is a registry name (read from ``data_dir/<name>/test.jsonl`` and friends when
-    ``data_dir`` is given, else from the hub) or a path to a data file or directory.
+    ``data_dir`` is given, else from the hub) or a path to a data file or directory. ``limit``
+    keeps the first N problems, or with ``subset_seed`` N drawn at random (``data.subsets``).
     """
     if limit is not None and limit < 1:
         raise SteerError(f"limit must be a positive number of problems, got {limit}")
@@ -179,7 +184,9 @@ def load_benchmark(
         else:
             problems = _convert(_hub_rows(bench.hub, bench.name), fields or bench.hub.fields,
                                 source=bench.name, where=bench.hub.path)
-    return problems if limit is None else problems[:limit]
+    if limit is None:
+        return problems
+    return problems[:limit] if subset_seed is None else random_subset(problems, limit, subset_seed)
 
 
 def local_benchmark_candidates(name: str, data_dir: str | Path) -> list[Path]:
@@ -221,8 +228,6 @@ def _convert(rows: list[dict[str, Any]], fields: FieldMap, *, source: str, where
 
 def _hub_rows(hub: HubSource, name: str) -> list[dict[str, Any]]:
     """Rows from the Hugging Face Hub (needs network access or a filled datasets cache)."""
-    import datasets
-
     rows: list[dict[str, Any]] = []
     for config in hub.configs:
         label = hub.path + (f" ({config})" if config else "")

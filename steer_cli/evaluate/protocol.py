@@ -12,6 +12,7 @@ from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.benchmarks import BenchmarkData
 from steer_cli.evaluate.targets import Target
+from steer_cli.rewards.plugins import parse_reward, reward_sha256
 from steer_cli.settings import Settings
 
 if TYPE_CHECKING:
@@ -94,14 +95,14 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         # results of older versions do not continue into a directory of these.
         "sampling": None if proto.greedy else "per-sample seeds",
     }
-    # Added only when used, so earlier outputs (scale 1, every layer, no reward) still match.
+    # Added only when used, so earlier outputs (scale 1, every layer, no reward, first N) still match.
+    if settings.eval.subset_seed is not None and settings.eval.limit is not None:
+        ident["subset_seed"] = settings.eval.subset_seed
     if target.scale != 1.0:
         ident["inference_scale"] = target.scale
     if target.layers is not None:
         ident["inference_layers"] = list(target.layers)
     if settings.eval.reward is not None:
-        from steer_cli.reward_plugins import parse_reward, reward_sha256
-
         spec = parse_reward(settings.eval.reward)
         ident["reward"] = spec.text
         ident["reward_sha256"] = reward_sha256(spec)
