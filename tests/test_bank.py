@@ -9,8 +9,7 @@ import torch
 from tiny_models import make_model, sample_ids
 
 from steer_cli.errors import SteerError
-from steer_cli.patching import attach_steering
-from steer_cli.patching.steering import bank_rows_gradient
+from steer_cli.patching.steering import attach_steering, bank_rows_gradient
 
 
 def _bank(model, entries=3, seed=5):
