@@ -277,7 +277,7 @@ def test_down_proj_bias_vectors_refused_where_a_norm_follows_the_mlp(tmp_path):
 
 def test_tensors_cross_the_rpc_layer_as_raw_bytes():
     require_vllm()
-    from steer_cli.rollout.vllm_worker import pack_tensor, unpack_tensor
+    from steer_cli.rollout.packing import pack_tensor, unpack_tensor
 
     for t in (torch.randn(3, 4), torch.randn(5, dtype=torch.bfloat16), torch.tensor(2.5), torch.arange(6).view(2, 3).t()):
         back = unpack_tensor(pack_tensor(t))
