@@ -144,6 +144,22 @@ class EvalSettings(_Group):
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
     shard_samples: int = Field(32, gt=0, description="Samples per unit of work (whole problems: one AIME problem with 32 samples, or 32 single-sample problems); units are dealt to processes and kept when a run is cut short.")
     reward: Optional[str] = Field(None, description="Also score every sample with this reward (math, exact, file.py:fn, pkg.module:fn) and report its mean beside accuracy.")
+    checkpoints: list[str] = Field(default_factory=lambda: ["final"], description="Checkpoints of a training run to evaluate, each into its own directory: final (its final/, else its latest checkpoint), all (every checkpoint-N/ and final/), or steps N,M,... (checkpoint-N/, or final/ where it holds step N; 'final' may be listed too).")
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = [v.strip() for v in str(value).split(",")]
+        if not isinstance(value, (list, tuple)):
+            return value
+        items = [str(v).strip() for v in value]
+        bad = [v for v in items if v not in ("final", "all") and not v.isdigit()]
+        if bad or not items:
+            raise ValueError(f"expected final, all, or checkpoint steps N,M,... (got {bad[0] if bad else 'nothing'!r})")
+        if "all" in items and len(items) > 1:
+            raise ValueError("'all' already names every checkpoint; give it alone")
+        return list(dict.fromkeys(v if not v.isdigit() else str(int(v)) for v in items))
 
 
 def _layer_list(value: Any) -> Any:

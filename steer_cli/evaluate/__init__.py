@@ -57,6 +57,7 @@ from steer_cli.evaluate.targets import (
     is_training_run,
     plan_targets,
     resolve_run,
+    run_checkpoints,
     run_settings_layer,
 )
 
@@ -67,5 +68,5 @@ __all__ = [
     "FORMAT_VERSION", "SUMMARY_KIND", "TARGET_KIND", "check_output_dir", "read_results", "results_path",
     "write_results", "Protocol", "identity", "resolve_protocol", "evaluate", "build_summary", "describe_protocol",
     "results_table", "Target", "base_model_of", "checkpoint_artifact", "is_training_run", "plan_targets",
-    "resolve_run", "run_settings_layer",
+    "resolve_run", "run_checkpoints", "run_settings_layer",
 ]
