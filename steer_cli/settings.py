@@ -127,6 +127,7 @@ class TrainSettings(_Group):
     grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
     grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
     grade_truncated_box: bool = Field(False, description="Grade the last complete \\boxed{} when the last one never closes (cut-off output); the reference counts it wrong.")
+    grade_lenient_boxes: bool = Field(False, description="Read malformed answer boxes leniently, as steer did before (the reward and eval): \\boxed 5, \\boxed {5} and \\fbox{5} count, escaped braces are skipped when matching, \\boxedx is passed over, an r1 <answer> holding a box is read through it. Off: as the reference, which grades all of these wrong.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across processes with FSDP2 (setup full; launch with torchrun or accelerate).")
     master_float32: bool = Field(True, description="Setup full in bfloat16/float16: keep float32 master weights and run the forward in model.dtype (off: update the low-precision weights, losing steps below their resolution).")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Extra loggers through accelerate (tensorboard, wandb).")

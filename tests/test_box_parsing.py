@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.rewards.extraction import extract_answer, extract_boxed
-from steer_cli.rewards.grading import is_correct, strict_match
-from steer_cli.rewards.plugins import exact_match
+from steer_cli.rewards.grading import exact_match, is_correct, strict_match
 from steer_cli.rewards.pool import Grader, training_grader
 from steer_cli.settings import Layer, build_settings
 
@@ -70,19 +69,19 @@ def test_default_grading_equals_the_references_procedure(completion, gold):
 
 
 def test_extraction_of_malformed_boxes():
-    assert extract_boxed(r"\boxed 5") is None and extract_boxed(r"\boxed 5", lenient=True) == "5"
-    assert extract_boxed(r"\fbox{7}") is None and extract_boxed(r"\fbox{7}", lenient=True) == "7"
+    assert extract_boxed(r"\boxed 5") is None and extract_boxed(r"\boxed 5", lenient_boxes=True) == "5"
+    assert extract_boxed(r"\fbox{7}") is None and extract_boxed(r"\fbox{7}", lenient_boxes=True) == "7"
     assert extract_boxed(r"\boxed{3} \boxedx{7}") is None
-    assert extract_boxed(r"\boxed{3} \boxedx{7}", lenient=True) == "3"
+    assert extract_boxed(r"\boxed{3} \boxedx{7}", lenient_boxes=True) == "3"
     assert extract_boxed(r"\boxed{\left\{ x \right.}") is None
-    assert extract_boxed(r"\boxed{\left\{ x \right.}", lenient=True) == r"\left\{ x \right."
+    assert extract_boxed(r"\boxed{\left\{ x \right.}", lenient_boxes=True) == r"\left\{ x \right."
     assert extract_boxed(r"\boxed{a \} b}") == "a \\"  # the reference's cut ends at the escaped brace
     assert extract_boxed(r"\boxed{\{1, 2\}}") == r"\{1, 2\}"
     assert extract_boxed(r"\boxed") is None and extract_boxed("") is None
     # a cut-off last box: the previous one with train.grade_truncated_box, in either reading
     for lenient in (False, True):
-        assert extract_boxed(r"\boxed{5} but \boxed{6", truncated_box_fallback=True, lenient=lenient) == "5"
-        assert extract_boxed(r"\boxed{5} but \boxed{6", lenient=lenient) is None
+        assert extract_boxed(r"\boxed{5} but \boxed{6", truncated_box_fallback=True, lenient_boxes=lenient) == "5"
+        assert extract_boxed(r"\boxed{5} but \boxed{6", lenient_boxes=lenient) is None
     assert extract_boxed(r"\boxed 4 \boxed{5} \boxed{6", truncated_box_fallback=True) == "5"
 
 
@@ -92,7 +91,8 @@ def test_linear_time_on_a_megabyte_of_braces():
     text = r"\boxed{" + "{" * 500_000 + r"\boxed{" * 50_000
     start = time.perf_counter()
     assert extract_boxed(text) is None and extract_boxed(text, truncated_box_fallback=True) is None
-    assert extract_boxed(text + "}") is None
+    assert extract_boxed(text + "}") == ""  # the last box closes, empty
+    assert extract_boxed(text, lenient_boxes=True) is None
     assert time.perf_counter() - start < 2.0
 
 
@@ -151,13 +151,11 @@ def test_eval_grades_as_the_reward_and_records_how(tiny_lm, tmp_path, monkeypatc
     data = tmp_path / "data" / "mine"
     data.mkdir(parents=True)
     (data / "test.jsonl").write_text(json.dumps({"problem": "What is 2+2?", "answer": "4"}) + "\n")
-    for lenient in (False, True):
-        out = tmp_path / f"out-{lenient}"
-        result = runner.invoke(app, ["eval", "--model", str(tiny_lm), "--benchmarks", str(data / "test.jsonl"),
-                                     "--max-new-tokens", "2", "--temperature", "0", "-o", str(out),
-                                     "--set", "train.grader_workers=0",
-                                     "--set", f"train.grade_lenient_boxes={str(lenient).lower()}"])
-        assert result.exit_code == 0, result.output
-        assert made and made[-1].lenient_boxes is lenient
-        target = json.loads((out / "target.json").read_text())
-        assert target["identity"]["grade_lenient_boxes"] is lenient
+    # the default is the settings' (the training test above); the non-default reaches eval's grader
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--model", str(tiny_lm), "--benchmarks", str(data / "test.jsonl"),
+                                 "--max-new-tokens", "2", "--temperature", "0", "-o", str(out),
+                                 "--set", "train.grader_workers=0", "--set", "train.grade_lenient_boxes=true"])
+    assert result.exit_code == 0, result.output
+    assert made and all(g.lenient_boxes for g in made)
+    assert json.loads((out / "target.json").read_text())["identity"]["grade_lenient_boxes"] is True
