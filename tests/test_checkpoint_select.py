@@ -162,17 +162,17 @@ def test_eval_checkpoints_each_into_its_own_directory(uninterrupted_demo_run, tm
     assert steering_demo(text) == f"{100 * scores[best]:.1f}"
     assert steering_demo(report([out]).text) == f"{100 * scores['final']:.1f}"
 
-    # errors: a step the run lacks, --checkpoints with one checkpoint named; nothing written
-    for args in (("eval", run, "--checkpoints", "3", "-o", tmp_path / "none", *common),
-                 ("eval", run / "checkpoint-2", "--checkpoints", "all", "-o", tmp_path / "none", *common),
-                 ("eval", run, "--checkpoints", "all,2", "-o", tmp_path / "none", *common)):
-        one_line_error(invoke(*args), *(["has no checkpoint at step 3; it has 2, 4, final (step 6)"]
-                                         if "3" in args else []))
-        assert not (tmp_path / "none").exists()
+    # errors: a step the run lacks, --checkpoints with one checkpoint named, 'all' among others; nothing written
+    none = tmp_path / "none"
+    for target, spec, needle in ((run, "3", "has no checkpoint at step 3; it has 2, 4, final (step 6)"),
+                                 (run / "checkpoint-2", "all", "is one checkpoint"),
+                                 (run, "all,2", "give it alone")):
+        one_line_error(invoke("eval", target, "--checkpoints", spec, "-o", none, *common), needle)
+        assert not none.exists()
 
 
 def steering_demo(text: str) -> str:
-    return row(find(github_tables(text), "Table 1"), Setup="Steering")["demo"].split(" ")[0]
+    return row(find(github_tables(text), "Table 1"), Setup="Steering")["Demo"].split(" ")[0]
 
 
 def _layer_run(root: Path, layer: int, averages: dict[str, float]) -> Path:
