@@ -88,6 +88,7 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         "temperature": proto.temperature, "top_p": proto.top_p if not proto.greedy else None,
         "samples": None if proto.greedy else proto.samples_setting,
         "grade_truncated_box": settings.train.grade_truncated_box,
+        "grade_lenient_boxes": settings.train.grade_lenient_boxes,
         "limit": settings.eval.limit, "max_new_tokens": proto.max_new_tokens,
         "max_seq_length": proto.max_seq_length,
         "fields": fields.describe() if fields else None,

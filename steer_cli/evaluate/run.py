@@ -306,10 +306,7 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
                 continue
             assert inputs is not None
             if grader is None:
-                p = settings.prompt
-                grader = stack.enter_context(rewards.Grader(
-                    num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
-                    template=p.template, truncated_box_fallback=settings.train.grade_truncated_box))
+                grader = stack.enter_context(rewards.settings_grader(settings, reward="math"))
             proto = plan.proto
             sampling = SamplingSpec(n=1, temperature=proto.temperature, top_p=proto.top_p, top_k=-1,
                                     stop_token_ids=inputs.stop_ids)
