@@ -205,6 +205,53 @@ class GenerateSettings(_Group):
     max_new_tokens: int = Field(256, gt=0, description="Completion budget in tokens.")
 
 
+class TunedLensSettings(_Group):
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the translators (the reference: 1e-3).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (pulls W toward 0, the identity translator).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the updates with a linear warm-up; linear decay to 0 after.")
+    sequences_per_step: int = Field(32, gt=0, description="Sequences per update (batch 1, gradient accumulation; the reference: 32).")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip each translator's gradient to this norm (null = off).")
+    epochs: int = Field(1, gt=0, description="Passes over the training sequences (the reference: 1).")
+    seed: int = Field(0, ge=0, description="Seed of the data order, the problems taken and sampling.")
+    prompts: int = Field(1024, gt=0, description="Problems of the dataset (data.*) the model completes for training data when no --data is given.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of those completions (0 = greedy, the reference's deepscaler_greedy).")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget of those completions (default: the rollout's, rollout.max_new_tokens capped by rollout.max_seq_length).")
+    max_seq_length: Optional[int] = Field(4096, gt=1, description="Cut training sequences to this many tokens (the reference: 4096).")
+    eval_sequences: int = Field(256, gt=0, description="Sequences of the eval KL when no --eval-data is given (the first training ones, as the reference).")
+    position_chunk: int = Field(1024, gt=0, description="Positions per chunk of the vocabulary-wide KL (bounds memory).")
+    save_every: int = Field(20, ge=0, description="Updates between resumable states in partial/ (0 = none).")
+
+
+class LensSettings(_Group):
+    tuned: TunedLensSettings = Field(default_factory=TunedLensSettings)
+
+
+class StudySeedsSettings(_Group):
+    axis_removal: bool = Field(True, description="Greedy axis removal per layer (how few coordinates carry the shared direction).")
+    null: bool = Field(True, description="Also remove axes from a pair with the second vector's coordinates shuffled: the chance level.")
+    thresholds: list[float] = Field(default_factory=lambda: [0.9, 0.99], description="Cosines at which the coordinates left are reported.")
+    curve_points: int = Field(64, gt=1, description="Points of each axis-removal curve kept in study.json (log-spaced).")
+    kept_coordinates: int = Field(16, ge=0, description="Coordinates standing last in the removal, listed per layer.")
+    seed: int = Field(0, ge=0, description="Seed of the shuffled null.")
+
+
+class StudyAdaptiveSettings(_Group):
+    prompts: int = Field(100, gt=0, description="Problems of the dataset (data.*, shuffled with study.adaptive.seed) each adapter completes (the reference: 100).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the completions (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget in tokens (default: the rollout's, rollout.max_new_tokens capped by rollout.max_seq_length).")
+    seed: int = Field(0, ge=0, description="Seed of the problem order and of sampling.")
+    plot_samples: int = Field(1, ge=0, description="Problems drawn token by token (layers x tokens, prompt segments marked).")
+    top_tokens: int = Field(10, ge=0, description="Tokens with the largest mean magnitude listed per layer.")
+
+
+class StudySettings(_Group):
+    """One sub-group per `steer study` experiment."""
+
+    seeds: StudySeedsSettings = Field(default_factory=StudySeedsSettings)
+    adaptive: StudyAdaptiveSettings = Field(default_factory=StudyAdaptiveSettings)
+
+
 class OutputSettings(_Group):
     output_dir: Optional[str] = Field(None, description="Output directory (default: runs/<model>/<dataset>/<setup>/seed-<s>).")
     runs_dir: str = Field("runs", description="Root of default output directories and of the most-recent-run lookup.")
@@ -225,6 +272,8 @@ class Settings(_Group):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    lens: LensSettings = Field(default_factory=LensSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     # Which layer set each key ("default", "preset ...", "--lr", ...), for error messages.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -244,7 +293,7 @@ RUNTIME_KEYS = frozenset({
     "rollout.vllm.tensor_parallel_size", "rollout.vllm.kv_cache_memory_bytes", "rollout.vllm.enforce_eager",
     "rollout.backend", "rollout.batch_prompts", "train.micro_batch_size", "train.logprob_chunk_tokens",
     "train.kl_reference_offload",
-    "eval", "inference", "generate", "data.data_dir",
+    "eval", "inference", "generate", "data.data_dir", "study", "lens",
 })
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from steer_cli import demo
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
@@ -161,3 +162,16 @@ def _hub_rows(hub_id: str, config: str | None, split: str) -> list[dict[str, Any
             "give a local .jsonl/.json/.parquet file instead, or --data-dir with <name>/train.jsonl"
         ) from None
     return [dict(row) for row in ds]
+
+
+def sample_problems(data: Any, count: int, seed: int) -> list[Problem]:
+    """``count`` problems of the training set ``data`` (the ``data.*`` settings) for a study: shuffled
+    with ``seed`` unless ``data.shuffle`` is off, then the first ``count`` (as the reference's
+    analyses take DeepScaleR's train split)."""
+    fields = None
+    if data.problem_field or data.answer_field or data.answer_format:
+        fields = FieldMap(problem=data.problem_field or "problem", answer=data.answer_field or "answer",
+                          answer_kind=data.answer_format or "plain")
+    problems, _ = load_train_set(data.dataset, data_dir=data.data_dir, fields=fields, split=data.split, limit=data.limit)
+    order = np.random.default_rng(seed).permutation(len(problems)) if data.shuffle else np.arange(len(problems))
+    return [problems[int(i)] for i in order[:count]]

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from steer_cli.errors import SteerError
 from steer_cli.lens.tokens import TokenRenderer
+from steer_cli.lens.tuned import library_unembed_hash, load_tuned_lens
 from steer_cli.lens.unembed import load_unembedding, unembed_matches
 from steer_cli.models import load_tokenizer
 from steer_cli.runs import latest_run
@@ -166,9 +167,12 @@ class LensResult:
     cosines: Optional[torch.Tensor] = None  # [L, L]
     singular_values: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # --tuned DIR: {"dir", "cosine": cos(s_l, A_l s_l) per layer, "norm_ratio": |A_l s_l| / |s_l|}
+    tuned: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra = {"tuned": self.tuned} if self.tuned is not None else {}
+        return {**extra,
             "kind": "steer-lens", "format_version": 1,
             "vectors": self.vectors_path, "model": self.model, "score": self.kind, "top_k": self.top_k,
             "num_layers": self.num_layers, "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
@@ -195,8 +199,12 @@ def _pick_layers(requested: Optional[list[int]], norms: torch.Tensor) -> tuple[l
 
 def run_lens(target: Optional[str | Path] = None, *, model: Optional[str] = None,
              layers: Optional[list[int]] = None, top_k: int = 50, kind: str = "cosine",
-             runs_dir: str | Path = "runs", tokenizer: Any = None) -> LensResult:
-    """Read a vectors file (or run) and its model's unembedding; score every layer's vector."""
+             runs_dir: str | Path = "runs", tokenizer: Any = None,
+             tuned: Optional[str | Path] = None) -> LensResult:
+    """Read a vectors file (or run) and its model's unembedding; score every layer's vector.
+
+    ``tuned``: a tuned-lens directory; each vector is then read as A_l s_l, the linear part of its
+    layer's translator (a direction takes no bias), and the figures show those."""
     if top_k < 1:
         raise SteerError(f"--top-k must be at least 1, got {top_k}")
     if kind not in SCORE_KINDS:
@@ -216,10 +224,13 @@ def run_lens(target: Optional[str | Path] = None, *, model: Optional[str] = None
         if not hash_ok:
             notes.append(f"warning: the unembedding of {model_name} differs from the one {path.name} was "
                          "trained with (unembed_sha256); the tokens may not mean what they did in training")
+    read, tuned_info = vectors, None
+    if tuned is not None:
+        read, tuned_info = _through_tuned(vectors, unembed.weight, tuned, notes)
     if tokenizer is None:
         tokenizer = load_tokenizer(str(model_name))
     renderer = TokenRenderer(tokenizer)
-    scores = lens_scores(vectors, unembed.weight, kind)
+    scores = lens_scores(read, unembed.weight, kind)
     norms = vector_norms(vectors)
     chosen, skipped = _pick_layers(layers, norms)
     if skipped and not layers:
@@ -242,10 +253,27 @@ def run_lens(target: Optional[str | Path] = None, *, model: Optional[str] = None
     return LensResult(
         vectors_path=str(path), model=str(model_name), kind=kind, top_k=top_k,
         num_layers=vectors.shape[0], hidden_size=vectors.shape[1], vocab_size=unembed.weight.shape[0],
-        norms=[float(x) for x in norms], stable_rank=stable_rank(vectors), unembed_hash_ok=hash_ok,
-        layers=per_layer, skipped_zero=skipped, scores=scores, cosines=self_cosines(vectors),
-        singular_values=[float(x) for x in singular_values(vectors)], notes=notes,
+        norms=[float(x) for x in norms], stable_rank=stable_rank(read), unembed_hash_ok=hash_ok,
+        layers=per_layer, skipped_zero=skipped, scores=scores, cosines=self_cosines(read),
+        singular_values=[float(x) for x in singular_values(read)], notes=notes, tuned=tuned_info,
     )
+
+
+def _through_tuned(vectors: torch.Tensor, unembed: torch.Tensor, tuned: str | Path,
+                   notes: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A_l s_l for every layer, and how much the lens turns and stretches each vector."""
+    lens = load_tuned_lens(tuned)
+    if (lens.num_layers, lens.hidden) != tuple(vectors.shape):
+        raise SteerError(f"the tuned lens in {tuned} is for another model ({lens.num_layers} layers x {lens.hidden}; "
+                         f"the vectors are [{vectors.shape[0]}, {vectors.shape[1]}]): train a lens for their model")
+    if lens.unembed_hash and lens.unembed_hash != library_unembed_hash(unembed):
+        notes.append(f"warning: the tuned lens in {tuned} was trained with another unembedding (unembed_hash)")
+    read = lens.project_directions(vectors)
+    norms, read_norms = vector_norms(vectors), vector_norms(read)
+    cosines = [float(c) if n > 0 else None for c, n in zip(layer_cosines(vectors, read), norms)]
+    ratios = [float(r / n) if n > 0 else None for r, n in zip(read_norms, norms)]
+    return read, {"dir": str(Path(tuned).expanduser().resolve()), "cosine": cosines, "norm_ratio": ratios,
+                  "trained_layers": lens.info.get("trained_layers")}
 
 
 # -- terminal output ---------------------------------------------------------------------------
@@ -256,8 +284,9 @@ def quoted(text: str) -> str:
 def render_lens(result: LensResult, console: Any, show: int = 10) -> None:
     """One rich table per layer: promoted and suppressed tokens with their scores."""
 
+    through = (f"the tuned lens {result.tuned['dir']} (A s, no bias) and " if result.tuned else "")
     print_text(console, Text(
-        f"{result.vectors_path} through the unembedding of {result.model}: {result.kind} scores, "
+        f"{result.vectors_path} through {through}the unembedding of {result.model}: {result.kind} scores, "
         f"{result.num_layers} layers x {result.hidden_size}, vocabulary {result.vocab_size}, "
         f"stable rank {result.stable_rank:.2f}"))
     fmt = "{:+.4f}" if result.kind == "cosine" else "{:+.3g}"
@@ -265,7 +294,11 @@ def render_lens(result: LensResult, console: Any, show: int = 10) -> None:
         if ll.zero:
             print_text(console, Text(f"layer {ll.layer}: zero vector"))
             continue
-        table = Table(title=f"layer {ll.layer} · norm {ll.norm:.4g}", title_justify="left")
+        title = f"layer {ll.layer} · norm {ll.norm:.4g}"
+        if result.tuned and result.tuned["cosine"][ll.layer] is not None:
+            title += (f" · cos(s, A s) {result.tuned['cosine'][ll.layer]:+.3f}"
+                      f" · |A s|/|s| {result.tuned['norm_ratio'][ll.layer]:.3g}")
+        table = Table(title=title, title_justify="left")
         table.add_column("#", justify="right", style="dim")
         table.add_column("promoted", style="green")
         table.add_column("id", justify="right", style="dim")
