@@ -1,6 +1,10 @@
-"""User-facing errors: one line that says what is wrong and what to do; the CLI exits with code 2."""
+"""User-facing errors: one line that says what is wrong and what to do; the CLI exits with code 2
+(input), 74 (a write the OS refused) or 75 (stopped by a signal)."""
 
 from __future__ import annotations
+
+import errno as errnos
+import os
 
 
 class SteerError(Exception):
@@ -23,3 +27,36 @@ class Interrupted(BaseException):
     """
 
     exit_code = 75
+
+
+class WriteError(Exception):
+    """A write failed in the OS: the disk or a quota is full, an I/O error, a read-only file system.
+
+    Raised by the atomic writers (``steer_cli.io``) with one line naming the path and the error.
+    Nothing written earlier was removed and no half-written file is left under a final name, so
+    the same command (``steer train`` with ``--resume``) continues once the cause is gone. The CLI
+    prints ``error: <message>`` (no traceback) and exits with code 74 (``EX_IOERR``). Not a
+    SteerError: a requeue script can tell "fix the disk and retry" from "fix the command".
+    """
+
+    exit_code = 74
+
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path  # the file or directory that could not be written
+        self.errno = errno
+        self.reason = reason  # the OS's words: "No space left on device"
+
+    @classmethod
+    def from_os(cls, path: str | os.PathLike, err: OSError, part: str | None = None) -> "WriteError":
+        """``cannot write <path> (<part>): <the OS's words> (<ERRNO>)``."""
+        reason = err.strerror or str(err)
+        name = errnos.errorcode.get(err.errno) if isinstance(err.errno, int) else None
+        where = f"{path} ({part})" if part else f"{path}"
+        return cls(f"cannot write {where}: {reason}" + (f" ({name})" if name else ""),
+                   path=str(path), errno=err.errno, reason=reason)
+
+    def with_hint(self, hint: str) -> "WriteError":
+        """The same error with what the user can do about it appended (the command knows best)."""
+        return WriteError(f"{self}; {hint}", path=self.path, errno=self.errno, reason=self.reason)

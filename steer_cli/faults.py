@@ -10,6 +10,11 @@ written, not yet renamed into place). Actions:
 - ``hang``: block until something ends the process;
 - ``wait=<file>``: create ``<file>.reached``, then block until ``<file>`` exists.
 
+``write@<pattern>[:<ERRNO>]`` makes every atomic write (``steer_cli.io``) whose target path matches
+the ``fnmatch`` pattern fail with that OS error (default ``ENOSPC``: the disk is full) once its
+temporary file is written, as a full disk would mid-write: ``write@*/checkpoint-4``,
+``write@*metrics.jsonl:EIO``. It acts in every command that sees the variable, any subcommand.
+
 ``STEER_FAULT_RANK=<r>`` limits faults to the process of that rank (``RANK``). Under torchrun
 they act only in the first attempt, so workers it restarts run clean. Unset, a point costs one
 environment lookup.
@@ -17,6 +22,8 @@ environment lookup.
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import os
 import signal
 import threading
@@ -27,19 +34,38 @@ POINTS = ("generate", "update", "checkpoint")
 
 
 def maybe_die(point: str, step: int) -> None:
+    for name, at, action in _faults():
+        if name == point and at.isdigit() and int(at) == step:
+            _act(action or "kill")
+
+
+def write_fault(path: str | os.PathLike) -> OSError | None:
+    """The OS error a ``write@<pattern>`` fault injects into the write of ``path``, if any."""
+    for name, pattern, code in _faults():
+        if name == "write" and fnmatch.fnmatchcase(str(path), pattern):
+            number = getattr(errno, code or "ENOSPC", None)
+            if not isinstance(number, int):
+                raise ValueError(f"STEER_FAULT: unknown errno name {code!r}")
+            return OSError(number, os.strerror(number), str(path))
+    return None
+
+
+def _faults() -> list[tuple[str, str, str]]:
+    """(point, step or pattern, action) of each fault that acts in this process."""
     spec = os.environ.get("STEER_FAULT")
     if not spec:
-        return
+        return []
     rank = os.environ.get("STEER_FAULT_RANK")
     if rank is not None and rank != os.environ.get("RANK", "0"):
-        return
+        return []
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
+        return []
+    found = []
     for item in spec.split(","):
         where, _, action = item.strip().partition(":")
         name, _, at = where.partition("@")
-        if name == point and at.isdigit() and int(at) == step:
-            _act(action or "kill")
+        found.append((name, at, action))
+    return found
 
 
 def _act(action: str) -> None:

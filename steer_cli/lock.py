@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, WriteError
+from steer_cli.faults import write_fault
 
 LOCK_NAME = ".steer.lock"  # inside a locked directory; other code ignores it
 
@@ -72,10 +73,10 @@ def _directory(path: Path) -> Iterator[None]:
 def _make_dirs(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         raise SteerError(f"output path {path} exists and is not a directory") from None
     except OSError as err:
-        raise SteerError(f"cannot create output directory {path}: {err.strerror or err}") from None
+        raise WriteError.from_os(path, err) from None
 
 
 @contextlib.contextmanager
@@ -88,9 +89,14 @@ def _hold(lock_path: Path, target: Path, what: str, hint: str) -> Iterator[None]
         info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                 "started": datetime.datetime.now().isoformat(timespec="seconds"),
                 "command": _command_line()}
-        with contextlib.suppress(OSError):
+        try:  # a disk too full for these few bytes fails the command's first write: fail here
+            fault = write_fault(lock_path)
+            if fault is not None:
+                raise fault
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as err:
+            raise WriteError.from_os(lock_path, err) from None
         yield
     finally:
         # Delete while still holding the lock; see the module docstring.
@@ -108,8 +114,7 @@ def _acquire(lock_path: Path, target: Path, hint: str) -> int | None:
             _make_dirs(lock_path.parent)
             continue
         except OSError as err:
-            raise SteerError(f"cannot write to {target}: cannot create {lock_path.name} "
-                             f"({err.strerror or err})") from None
+            raise WriteError.from_os(lock_path, err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

@@ -6,6 +6,7 @@ train`` at its check points, see ``Trainer``). From that first signal a deadline
 the process exits at once with ``EXIT_PREEMPTED``, which loses nothing already on disk since
 every write is atomic. Later signals are ignored: under SLURM + torchrun a worker gets the
 scheduler's signal and then the agent's copy of it, and a duplicate must not cut a save short.
+Before exiting at the deadline the process ends the helper processes it started (``processes``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import threading
 from typing import Any
 
 from steer_cli.errors import Interrupted
+from steer_cli.processes import end_started
 
 EXIT_PREEMPTED = Interrupted.exit_code  # 75, sysexits' EX_TEMPFAIL: stopped; the same command continues
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_first: list[int] = []  # the command's first stop signal, whichever StopSignals (nested ones) took it
+_depth = [0]  # StopSignals active now; the outermost starts a command afresh
 
 
 class StopSignals:
@@ -49,12 +53,16 @@ class StopSignals:
         return signal.Signals(self.signum).name if self.signum is not None else "a signal to another process"
 
     def __enter__(self) -> StopSignals:
+        if _depth[0] == 0:
+            _first.clear()
+        _depth[0] += 1
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _depth[0] -= 1
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -62,7 +70,10 @@ class StopSignals:
             self._timer.cancel()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:  # a repeated signal is ignored, see the module docstring
+        # A repeated signal is ignored (see the module docstring), also one that reaches an outer
+        # StopSignals (the CLI's) while the command winds down from an inner one's.
+        if self.signum is None and not _first:
+            _first.append(signum)
             self.signum = signum
             self.start_deadline()
             if self.interrupt is not None:
@@ -79,4 +90,5 @@ class StopSignals:
     def _expire(self) -> None:
         print(f"stopped: {self.deadline_message or 'deadline after the stop signal passed'}",
               file=sys.stderr, flush=True)
+        end_started(grace=1.0)
         os._exit(EXIT_PREEMPTED)

@@ -127,6 +127,7 @@ class TrainSettings(_Group):
     grader_workers: int = Field(2, ge=0, description="Grading worker processes (0 = grade in-process).")
     grade_timeout: float = Field(10.0, gt=0, description="Hard time limit in seconds to grade one completion.")
     grade_truncated_box: bool = Field(False, description="Grade the last complete \\boxed{} when the last one never closes (cut-off output); the reference counts it wrong.")
+    grade_lenient_boxes: bool = Field(False, description="Read malformed answer boxes leniently, as steer did before (the reward and eval): \\boxed 5, \\boxed {5} and \\fbox{5} count, escaped braces are skipped when matching, \\boxedx is passed over, an r1 <answer> holding a box is read through it. Off: as the reference, which grades all of these wrong.")
     fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state across processes with FSDP2 (setup full; launch with torchrun or accelerate).")
     master_float32: bool = Field(True, description="Setup full in bfloat16/float16: keep float32 master weights and run the forward in model.dtype (off: update the low-precision weights, losing steps below their resolution).")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="Extra loggers through accelerate (tensorboard, wandb).")
@@ -139,12 +140,29 @@ class EvalSettings(_Group):
     temperature: Optional[float] = Field(None, ge=0, description="Sampling temperature (default: 0 for a base model, 1.0 for a trained one).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     seeds: list[int] = Field(default_factory=lambda: [0], description="Evaluation seeds; results are reported as mean ± std.")
-    limit: Optional[int] = Field(None, gt=0, description="Evaluate only the first N problems of each benchmark.")
+    limit: Optional[int] = Field(None, gt=0, description="Evaluate only N problems of each benchmark: the first N, or N drawn at random with eval.subset_seed.")
+    subset_seed: Optional[int] = Field(None, ge=0, description="With eval.limit: draw the N problems at random with this seed, as the reference draws its 500 GSM8K test problems (numpy default_rng(seed).choice, no repeats), instead of taking the first N.")
     max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget cap (default: each prompt gets the rest of eval.max_seq_length; rollout.max_new_tokens when that is unset too).")
     max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
     shard_samples: int = Field(32, gt=0, description="Samples per unit of work (whole problems: one AIME problem with 32 samples, or 32 single-sample problems); units are dealt to processes and kept when a run is cut short.")
     reward: Optional[str] = Field(None, description="Also score every sample with this reward (math, exact, file.py:fn, pkg.module:fn) and report its mean beside accuracy.")
+    checkpoints: list[str] = Field(default_factory=lambda: ["final"], description="Checkpoints of a training run to evaluate, each into its own directory: final (its final/, else its latest checkpoint), all (every checkpoint-N/ and final/), or steps N,M,... (checkpoint-N/, or final/ where it holds step N; 'final' may be listed too).")
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = [v.strip() for v in str(value).split(",")]
+        if not isinstance(value, (list, tuple)):
+            return value
+        items = [str(v).strip() for v in value]
+        bad = [v for v in items if v not in ("final", "all") and not v.isdigit()]
+        if bad or not items:
+            raise ValueError(f"expected final, all, or checkpoint steps N,M,... (got {bad[0] if bad else 'nothing'!r})")
+        if "all" in items and len(items) > 1:
+            raise ValueError("'all' already names every checkpoint; give it alone")
+        return list(dict.fromkeys(v if not v.isdigit() else str(int(v)) for v in items))
 
 
 def _layer_list(value: Any) -> Any:

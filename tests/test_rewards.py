@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import threading
@@ -30,12 +31,15 @@ def test_last_box_wins():
 def test_nested_braces_are_matched():
     assert extract_boxed(r"so \boxed{\frac{1}{\sqrt{2}}} done") == r"\frac{1}{\sqrt{2}}"
     assert extract_boxed(r"\boxed{\{1, 2\}}") == r"\{1, 2\}"
-    # escaped braces do not count: this box closes at the last brace
-    assert extract_boxed(r"\boxed{\left\{ x \right.}") == r"\left\{ x \right."
+    # as the reference, escaped braces count: this box never closes; read leniently, they do not
+    assert extract_boxed(r"\boxed{\left\{ x \right.}") is None
+    assert extract_boxed(r"\boxed{\left\{ x \right.}", lenient_boxes=True) == r"\left\{ x \right."
 
 
-def test_fbox_is_a_fallback_only():
-    assert extract_boxed(r"\fbox{7}") == "7"
+def test_fbox_is_a_lenient_fallback_only():
+    assert extract_boxed(r"\fbox{7}", lenient_boxes=True) == "7"
+    assert extract_boxed(r"\boxed{3} and later \fbox{7}", lenient_boxes=True) == "3"
+    assert extract_boxed(r"\fbox{7}") is None  # math-verify reads no answer from the reference's \fbox cut
     assert extract_boxed(r"\boxed{3} and later \fbox{7}") == "3"
 
 
@@ -61,7 +65,8 @@ def test_unclosed_last_box_falls_back_to_previous_complete_one_when_asked():
     assert extract_boxed(r"\boxed{5} but wait \boxed{6", **fb) == "5"
     assert extract_boxed(r"\boxed{6", **fb) is None
     assert extract_boxed(r"\boxed{ \boxed{5}", **fb) == "5"
-    assert extract_boxed(r"\fbox{5} then \boxed{6", **fb) == "5"
+    assert extract_boxed(r"\fbox{5} then \boxed{6", **fb) is None
+    assert extract_boxed(r"\fbox{5} then \boxed{6", **fb, lenient_boxes=True) == "5"
     assert is_correct(r"so \boxed{5} but wait, \boxed{", "5", **fb)
     assert strict_match(r"so \boxed{5} but wait, \boxed{", "5", **fb)
     cut = [(r"so \boxed{5} but wait, \boxed{", "5")]
@@ -70,9 +75,10 @@ def test_unclosed_last_box_falls_back_to_previous_complete_one_when_asked():
         assert [g.correct for g in lenient.grade(cut)] == [True]
 
 
-def test_box_without_braces_takes_one_token():
-    assert extract_boxed(r"so $\boxed 5$.") == "5"
-    assert extract_boxed(r"so \boxed 12.") == "12"
+def test_box_without_braces_takes_one_token_when_lenient():
+    assert extract_boxed(r"so $\boxed 5$.", lenient_boxes=True) == "5"
+    assert extract_boxed(r"so \boxed 12.", lenient_boxes=True) == "12"
+    assert extract_boxed(r"so \boxed 12.") is None
 
 
 def test_extraction_is_linear_on_megabyte_inputs():
@@ -84,9 +90,9 @@ def test_extraction_is_linear_on_megabyte_inputs():
         r"\boxed{" + "{" * 500_000 + "}" * 500_001: ("{" * 500_000 + "}" * 500_000,) * 2,
     }
     for text, expected in cases.items():
-        for fallback, want in zip((False, True), expected):
+        for (fallback, want), lenient in itertools.product(zip((False, True), expected), (False, True)):
             start = time.monotonic()
-            assert extract_boxed(text, truncated_box_fallback=fallback) == want
+            assert extract_boxed(text, truncated_box_fallback=fallback, lenient_boxes=lenient) == want
             # a quadratic scan of these would take minutes
             assert time.monotonic() - start < 5.0
 
@@ -94,7 +100,8 @@ def test_extraction_is_linear_on_megabyte_inputs():
 def test_r1_takes_the_last_answer_block():
     completion = "<think>maybe 3</think> <answer> 3 </answer> no: <answer> 4 </answer>"
     assert extract_answer(completion, "r1") == "4"
-    assert extract_answer(r"<answer>so \boxed{\frac{1}{2}}</answer>", "r1") == r"\frac{1}{2}"
+    assert extract_answer(r"<answer>so \boxed{\frac{1}{2}}</answer>", "r1", lenient_boxes=True) == r"\frac{1}{2}"
+    assert extract_answer(r"<answer>so \boxed{\frac{1}{2}}</answer>", "r1") == r"so \boxed{\frac{1}{2}}"
     assert extract_answer(r"<answer> 4", "r1") is None
     assert extract_answer(r"\boxed{4}", "r1") is None  # r1 reads tags only
     assert extract_answer(r"<answer>4</answer> \boxed{5}") == "5"  # other templates read boxes

@@ -10,7 +10,7 @@ import torch
 from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
-from steer_cli.cli import app, _register
+from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
 from steer_cli.study.record import read_study
 from steer_cli.study.seeds import greedy_axis_removal, read_layer_accuracies, row_cosines, run_seeds

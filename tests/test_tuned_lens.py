@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import one_line_error
-from tiny_models import make_model, sample_ids, save_tiny_lm
+from tiny_models import make_model, sample_ids
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app

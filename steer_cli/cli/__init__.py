@@ -1,5 +1,10 @@
 """The ``steer`` command. Subcommands live in one small module each and import heavy libraries
-(torch, transformers, vLLM) only inside their bodies, so ``steer --help`` answers at once."""
+(torch, transformers, vLLM) only inside their bodies, so ``steer --help`` answers at once.
+
+Exit codes: 0 done; 2 bad input (``SteerError``); 74 a write the OS refused (``WriteError``: disk
+or quota full, I/O error); 75 stopped by SIGTERM/SIGUSR1 (``Interrupted``); 130 Ctrl-C. Each is
+one line on stderr, no traceback. No process the command started outlives it (``processes``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from typing import Optional
 import typer
 
 from steer_cli import __version__
-from steer_cli.errors import Interrupted, SteerError
+from steer_cli.errors import Interrupted, SteerError, WriteError
+from steer_cli.preempt import StopSignals
+from steer_cli.processes import reaping
 
 app = typer.Typer(
     name="steer",
@@ -49,13 +56,24 @@ def _register() -> None:
     )
 
 
+# A signal outside the places a command handles it itself (training steps, evaluation) still ends
+# the command through its cleanup, so the processes it started end with it.
+_SIGNAL_DEADLINE_S = 60.0
+_STOPPED = "stopped before finishing; what it wrote is complete on disk: run the same command again"
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     _register()
-    try:
-        app(args=argv, prog_name="steer")
-    except SteerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Interrupted as err:
-        print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(Interrupted.exit_code)
+    with reaping():
+        try:
+            with StopSignals(_SIGNAL_DEADLINE_S, _STOPPED, interrupt=_STOPPED):
+                app(args=argv, prog_name="steer")
+        except SteerError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except WriteError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(WriteError.exit_code)
+        except Interrupted as err:
+            print(f"stopped: {err}", file=sys.stderr)
+            sys.exit(Interrupted.exit_code)

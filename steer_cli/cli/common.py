@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from steer_cli.errors import Interrupted, SteerError
+from steer_cli.errors import Interrupted, SteerError, WriteError
 from steer_cli.settings import (
     Layer,
     Settings,
@@ -139,12 +139,16 @@ def info(message: str) -> None:
 
 
 def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a library function; SteerError becomes a one-line message and exit code 2, a stop on
-    SIGTERM/SIGUSR1 (Interrupted) one line and exit code 75."""
+    """Call a library function; SteerError becomes a one-line message and exit code 2, a write the
+    OS refused (WriteError) one line and exit code 74, a stop on SIGTERM/SIGUSR1 (Interrupted) one
+    line and exit code 75."""
     try:
         return fn(*args, **kwargs)
     except SteerError as err:
         fail(str(err))
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(WriteError.exit_code) from None
     except Interrupted as err:
         print(f"stopped: {err}", file=sys.stderr)
         raise typer.Exit(Interrupted.exit_code) from None

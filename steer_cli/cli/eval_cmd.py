@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -13,14 +14,13 @@ from steer_cli.cli.common import (
     PRESET_HELP,
     SET_HELP,
     doc,
-    fail,
     is_interactive,
     parse_int_list,
     parse_str_list,
     run_command,
     settings_from_cli,
 )
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, WriteError
 from steer_cli.runs import latest_run
 
 RUN_HELP = ("Training run directories, or their checkpoints (final, checkpoint-N), to evaluate with their "
@@ -45,6 +45,7 @@ def eval_command(
     scale: Optional[str] = typer.Option(None, "--scale", help=doc("inference.scale") + " One result per scale."),
     layers: Optional[str] = typer.Option(None, "--layers", help=doc("inference.layers")),
     reward: Optional[str] = typer.Option(None, "--reward", help=doc("eval.reward")),
+    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help=doc("eval.checkpoints")),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Output directory (default: <run>/eval/<checkpoint> and "
                                                   "<run>/eval/base, or runs/eval/<model>/<what>)."),
@@ -72,6 +73,7 @@ def eval_command(
             "eval.temperature": temperature, "eval.limit": limit, "eval.max_new_tokens": max_new_tokens,
             "rollout.backend": backend, "output.output_dir": output_dir,
             "inference.scale": scale, "inference.layers": layers, "eval.reward": reward,
+            "eval.checkpoints": checkpoints,
             "output.overwrite": overwrite or None,
             "model.trust_remote_code": trust_remote_code or None,
         },
@@ -101,14 +103,15 @@ def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[st
     coord = Coordinator.connect()
     try:
         return _eval_all(coord, print_settings=print_settings, raw=raw, flags=flags, **kwargs)
-    except ReportedByMain:
+    except ReportedByMain as err:
         coord.wait_reported()
-        raise typer.Exit(2) from None  # the main process prints the error
-    except SteerError as err:
+        raise typer.Exit(err.exit_code) from None  # the main process prints the error
+    except (SteerError, WriteError) as err:
         if not coord.main:
             raise  # this process's own error (while generating): it prints it
         try:
-            fail(str(err))
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(err.exit_code) from None
         finally:
             coord.reported()
 
@@ -121,7 +124,7 @@ def _eval_all(coord: Any, *, runs: list[Path], vectors: Optional[Path], adapter:
 
     say = info if coord.main else (lambda message: None)
 
-    def resolve() -> tuple[list[tuple[Optional[Path], Optional[Path], Any]], Any]:
+    def resolve() -> tuple[list[tuple[Optional[Path], list[Path], Any]], Any]:
         full = dict(flags, **{"eval.benchmarks": parse_str_list(raw["benchmarks"]),
                               "eval.seeds": parse_int_list(raw["seeds"], "--seeds")})
         return _resolve(runs=runs, vectors=vectors, adapter=adapter, flags=full, say=say, **kwargs)
@@ -134,16 +137,17 @@ def _eval_all(coord: Any, *, runs: list[Path], vectors: Optional[Path], adapter:
         return None
     summaries = []
     based: set[str] = set()
-    for run_dir, checkpoint, settings in plans:
+    for run_dir, checkpoints, settings in plans:
         with_base = base
         if run_dir is not None:
             # The base model is evaluated once per model and protocol, beside the first of its runs.
             key = settings.model_dump_json(include={"model", "prompt", "eval", "rollout"})
             with_base = base if base is not None else key not in based
             based.add(key)
-            if runs:
-                say(f"evaluating training run {run_dir} ({checkpoint.name})")
-        targets = coord.agree("targets", lambda: plan_targets(settings, run=run_dir, checkpoint=checkpoint,
+            what = ", ".join(c.name for c in checkpoints)
+            say(f"evaluating training run {run_dir} ({what})" if runs else
+                f"evaluating the most recent training run: {run_dir} ({what})")
+        targets = coord.agree("targets", lambda: plan_targets(settings, run=run_dir, checkpoints=checkpoints,
                                                                  vectors=vectors, adapter=adapter, with_base=with_base))
         done = evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
         summaries.extend((x, run_dir) for x in done)
@@ -165,10 +169,10 @@ def _eval_all(coord: Any, *, runs: list[Path], vectors: Optional[Path], adapter:
 def _resolve(*, runs: list[Path], model: Optional[str], vectors: Optional[Path], adapter: Optional[Path],
              fields: Optional[str], preset: Optional[str], config: Optional[Path], sets: Optional[list[str]],
              flags: dict[str, Any], say: Callable[[str], None]) -> tuple[list[tuple[Any, Any, Any]], Any]:
-    """(run, checkpoint, settings) of everything to evaluate (run and checkpoint None for a model) and
-    the field map, from the command line; reads only."""
+    """(run, checkpoints, settings) of everything to evaluate (None and [] for a model) and the field
+    map, from the command line; reads only."""
     from steer_cli.data.records import FieldMap
-    from steer_cli.evaluate.targets import base_model_of, resolve_run, run_settings_layer
+    from steer_cli.evaluate.targets import base_model_of, resolve_run, run_checkpoints, run_settings_layer
 
     if vectors is not None and adapter is not None:
         raise SteerError("--vectors and --adapter together: evaluate one trained thing at a time")
@@ -178,41 +182,51 @@ def _resolve(*, runs: list[Path], model: Optional[str], vectors: Optional[Path],
     if runs:
         if vectors is not None or adapter is not None:
             raise SteerError("a training run already names what to evaluate; drop --vectors/--adapter, or drop RUN")
-        checkpoints = _resolve_runs(runs)
-        if len(checkpoints) > 1 and flags.get("output.output_dir"):
-            raise SteerError(f"--output-dir names one directory, but {len(checkpoints)} runs are to be evaluated; "
+        named = _resolve_runs(runs)
+        if len(named) > 1 and flags.get("output.output_dir"):
+            raise SteerError(f"--output-dir names one directory, but {len(named)} runs are to be evaluated; "
                              "drop it (each run's results go to <run>/eval/) or pass one run")
     elif not names_model:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
-        checkpoints = [resolve_run(latest_run(runs_dir, kind="train"))]
-        say(f"evaluating the most recent training run: {checkpoints[0][0]} ({checkpoints[0][1].name})")
+        named = [(resolve_run(latest_run(runs_dir, kind="train"))[0], None)]
     else:
         if model is None and (vectors is not None or adapter is not None):
             flags = dict(flags, **{"model.name": base_model_of(vectors=vectors, adapter=adapter)})
             say(f"base model from {vectors or adapter}: {flags['model.name']}")
-        return [(None, None, settings_from_cli(preset=preset, config=config, sets=sets, flags=flags))], field_map
-    return [(run_dir, checkpoint, settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
-                                                    base=run_settings_layer(run_dir), infer_preset=False))
-            for run_dir, checkpoint in checkpoints], field_map
+        return [(None, [], settings_from_cli(preset=preset, config=config, sets=sets, flags=flags))], field_map
+    plans = []
+    for run_dir, checkpoint in named:
+        settings = settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
+                                     base=run_settings_layer(run_dir), infer_preset=False)
+        wanted = settings.eval.checkpoints
+        if checkpoint is not None and wanted != ["final"]:
+            raise SteerError(f"{checkpoint} is one checkpoint, but --checkpoints {','.join(wanted)} picks checkpoints "
+                             f"of a run; pass the run {run_dir} instead, or drop --checkpoints")
+        plans.append((run_dir, [checkpoint] if checkpoint is not None else run_checkpoints(run_dir, wanted),
+                      settings))
+    return plans, field_map
 
 
-def _resolve_runs(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """(run, checkpoint) of each argument; a directory that is not a run stands for the runs under it."""
+def _resolve_runs(paths: list[Path]) -> list[tuple[Path, Optional[Path]]]:
+    """(run, checkpoint) of each argument, the checkpoint None where the argument is the run itself
+    (``eval.checkpoints`` then picks); a directory that is not a run stands for the runs under it."""
     from steer_cli.evaluate.targets import resolve_run
     from steer_cli.runs import training_runs_under
 
-    found: list[tuple[Path, Path]] = []
+    found: list[tuple[Path, Optional[Path]]] = []
     for path in paths:
         try:
-            found.append(resolve_run(path))
+            run, checkpoint = resolve_run(path)
         except SteerError:
             under = training_runs_under(path) if Path(path).is_dir() else []
             if not under:
                 raise
-            found.extend(resolve_run(r) for r in under)
-    unique = list(dict.fromkeys((r.resolve(), c.resolve()) for r, c in found))
+            found.extend((r, None) for r in under)
+            continue
+        found.append((run, None if Path(path).expanduser().resolve() == run.resolve() else checkpoint))
+    unique = list(dict.fromkeys((r.resolve(), c.resolve() if c else None) for r, c in found))
     if len(unique) < len(found):
-        found = [next(x for x in found if (x[0].resolve(), x[1].resolve()) == u) for u in unique]
+        found = [next(x for x in found if (x[0].resolve(), x[1].resolve() if x[1] else None) == u) for u in unique]
     return found
 
 

@@ -7,7 +7,16 @@ from typing import Any, Optional
 
 import typer
 
-from steer_cli.cli.common import CONFIG_HELP, PRESET_HELP, SET_HELP, doc, info, layer_spec, run_command, settings_from_cli
+from steer_cli.cli.common import (
+    CONFIG_HELP,
+    PRESET_HELP,
+    SET_HELP,
+    doc,
+    info,
+    layer_spec,
+    run_command,
+    settings_from_cli,
+)
 from steer_cli.cli.lens_cmd import lens_app
 
 

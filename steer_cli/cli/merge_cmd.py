@@ -40,6 +40,10 @@ def merge_command(
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="With --fold: the vectors file to fold in."),
     scale: Optional[str] = typer.Option(None, "--scale", help="With --fold: " + SCALE_HELP),
     layers: Optional[str] = typer.Option(None, "--layers", help="With --fold: " + LAYERS_HELP),
+    select: Optional[str] = typer.Option(None, "--select", help="With runs: which checkpoint of each to take, final "
+                                         "(default: final/, else the latest) or best (the best Avg. of its evaluations "
+                                         "under <run>/eval/, selected on the test set as the paper's code does; "
+                                         "evaluate them first: steer eval RUN --checkpoints all)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (atomically)."),
 ) -> None:
     files = list(files or [])
@@ -52,8 +56,8 @@ def merge_command(
             fail("--fold takes one vectors file (--vectors FILE), not a list to merge")
         if vectors is None:
             fail("--fold needs --vectors FILE")
-        if mean or fill_zeros or fmt:
-            fail("--mean, --fill-zeros and --format apply to stacking, not to --fold")
+        if mean or fill_zeros or fmt or select:
+            fail("--mean, --fill-zeros, --format and --select apply to stacking, not to --fold")
         from steer_cli.vectors.merge import fold_to_dir
 
         result = run_command(fold_to_dir, vectors, output, model=model, overwrite=overwrite, scale=factor,
@@ -71,7 +75,8 @@ def merge_command(
         fail("give the vectors files to merge: steer merge A.safetensors B.safetensors -o merged.safetensors")
     from steer_cli.vectors.merge import merge_files
 
-    result = run_command(merge_files, files, output, mean=mean, fill_zeros=fill_zeros, overwrite=overwrite, fmt=fmt)
+    result = run_command(merge_files, files, output, mean=mean, fill_zeros=fill_zeros, overwrite=overwrite, fmt=fmt,
+                         select=select)
     for note in result.notes:
         info(f"note: {note}")
     how = "averaged" if mean else "stacked"

@@ -17,13 +17,17 @@ def report_command(
         None, help="Directories (searched recursively) or files: eval summary.json, training runs, bench JSON; default: runs/."),
     fmt: str = typer.Option("github", "--format", "-f", help="Table format: github (Markdown), latex or csv."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write PNGs here: training curves per run and accuracy bars."),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="Which evaluated checkpoint of each training run the tables show: final (default: "
+                               "final/, else the latest), best (the best Avg. over the benchmarks, i.e. selected on "
+                               "the test set, as the paper's code does) or mean (their average)."),
 ) -> None:
     """Print the paper's tables: accuracy (Table 1), train/test pairs (Table 4), resource cost (Table 3)."""
     from rich.markup import escape
 
     from steer_cli.report.run import report
 
-    out = run_command(report, dirs or None, fmt=fmt, plot_dir=plot)
+    out = run_command(report, dirs or None, fmt=fmt, plot_dir=plot, select=select)
     for note in out.notes:
         info(escape(note))
     print(out.text, end="")

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from steer_cli.data.records import Problem
 from steer_cli.errors import SteerError
-from steer_cli.io import atomic_path, atomic_write_json, atomic_write_text, clear_dir
+from steer_cli.io import atomic_path, atomic_write_json, atomic_write_text, clear_dir, writing
 from steer_cli.lock import is_lock_file
 from steer_cli.runs import is_training_run
 from steer_cli.settings import Settings
@@ -54,14 +54,12 @@ def check_output_dir(out: Path, ident: dict[str, Any], overwrite: bool) -> str:
 
 
 def init_output_dir(out: Path, mode: str, settings: Settings, target_doc: dict[str, Any]) -> None:
-    try:
+    with writing(out):  # an OS error: WriteError (exit 74)
         if mode == "overwrite":
             clear_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "settings.yaml", settings.to_yaml())
         atomic_write_json(out / "target.json", target_doc)
-    except OSError as err:
-        raise SteerError(f"cannot write to output directory {out}: {err.strerror or err}") from None
 
 
 def results_path(out: Path, bench: str, seed: int) -> Path:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch.distributed import rendezvous
 
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, WriteError
 
 # How long a process waits for the others to finish a checking phase (loading tokenizers and
 # benchmark files, reading configs): minutes, not the hours generation may take.
@@ -28,7 +28,12 @@ PHASE_TIMEOUT = timedelta(minutes=30)
 
 
 class ReportedByMain(SteerError):
-    """A phase failed; the main process prints the error, the others only exit with code 2."""
+    """A phase failed; the main process prints the error, the others only exit with its code (2,
+    or 74 for a write the OS refused)."""
+
+    def __init__(self, message: str, exit_code: int = SteerError.exit_code) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -141,20 +146,25 @@ class Coordinator:
         return self.launch.main
 
     def agree(self, phase: str, fn: Callable[[], Any], *, share: bool = False) -> Any:
-        """Run ``fn`` here and wait until every process has run its own; a SteerError in any of
-        them is raised in all (printed by the main process only). Returns this process's value,
-        or with ``share`` the main process's (JSON)."""
+        """Run ``fn`` here and wait until every process has run its own; a SteerError or WriteError
+        in any of them is raised in all (printed by the main process only). Returns this process's
+        value, or with ``share`` the main process's (JSON)."""
         error: Optional[str] = None
+        written = False  # the error is a WriteError (exit 74)
         value = None
         try:
             value = fn()
         except SteerError as err:
             error = str(err)
+        except WriteError as err:
+            if self.store is None:
+                raise
+            error, written = str(err), True
         if self.store is None:
             if error is not None:
                 raise SteerError(error)
             return value
-        post: dict[str, Any] = {"error": error}
+        post: dict[str, Any] = {"error": error, "write": written}
         if share and self.main:
             post["value"] = value
         self.phases += 1
@@ -163,13 +173,15 @@ class Coordinator:
         keys = [self._key(phase, r) for r in range(self.world)]
         self.store.wait(keys, PHASE_TIMEOUT)
         posts = [json.loads(self.store.get(k)) for k in keys]
-        failed = [(r, p["error"]) for r, p in enumerate(posts) if p["error"] is not None]
+        failed = [(r, p["error"], p.get("write")) for r, p in enumerate(posts) if p["error"] is not None]
         if failed:
-            rank, message = failed[0]
+            rank, message, written = failed[0]
             if rank != 0:
                 others = f" (and {len(failed) - 1} other process(es))" if len(failed) > 1 else ""
                 message = f"process {rank} of {self.world}{others}: {message}"
-            raise SteerError(message) if self.main else ReportedByMain(message)
+            if self.main:
+                raise WriteError(message) if written else SteerError(message)
+            raise ReportedByMain(message, WriteError.exit_code if written else SteerError.exit_code)
         return posts[0].get("value") if share else value
 
     def reported(self) -> None:

@@ -88,6 +88,7 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         "temperature": proto.temperature, "top_p": proto.top_p if not proto.greedy else None,
         "samples": None if proto.greedy else proto.samples_setting,
         "grade_truncated_box": settings.train.grade_truncated_box,
+        "grade_lenient_boxes": settings.train.grade_lenient_boxes,
         "limit": settings.eval.limit, "max_new_tokens": proto.max_new_tokens,
         "max_seq_length": proto.max_seq_length,
         "fields": fields.describe() if fields else None,
@@ -95,7 +96,9 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         # results of older versions do not continue into a directory of these.
         "sampling": None if proto.greedy else "per-sample seeds",
     }
-    # Added only when used, so earlier outputs (scale 1, every layer, no reward) still match.
+    # Added only when used, so earlier outputs (scale 1, every layer, no reward, first N) still match.
+    if settings.eval.subset_seed is not None and settings.eval.limit is not None:
+        ident["subset_seed"] = settings.eval.subset_seed
     if target.scale != 1.0:
         ident["inference_scale"] = target.scale
     if target.layers is not None:

@@ -26,9 +26,7 @@ class RewardScorer:
         self.spec = parse_reward(settings.eval.reward)
         self.sha256 = reward_sha256(self.spec)
         self.tokenizer = tokenizer
-        self.grader = pool.Grader(num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
-                             template=settings.prompt.template,
-                             truncated_box_fallback=settings.train.grade_truncated_box, reward=self.spec.text)
+        self.grader = pool.settings_grader(settings, reward=self.spec.text)
 
     def check(self, problem: Any) -> None:
         """A plug-in's trial call on the first problem before anything is written (as in training)."""

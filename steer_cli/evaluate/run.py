@@ -12,6 +12,7 @@ once its last one is merged. A process whose work is done exits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Optional, Sequence
 import steer_cli.evaluate.metrics as M
 from steer_cli.data.prompts import completion_stop_ids, render_prompt
 from steer_cli.data.records import FieldMap
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, WriteError
 from steer_cli.evaluate.benchmarks import BenchmarkData, load_benchmarks
 from steer_cli.evaluate.generation import BenchInputs, run_shards
 from steer_cli.evaluate.models import EvalModels, LoadedVectors, load_target_vectors, model_dims, vllm_factory
@@ -271,7 +272,11 @@ def evaluate(
                     stack.enter_context(hold_dir(out, "steer eval"))
 
         coord.agree("lock", lock)  # a directory in use stops every process before any check
-        return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord, outer=stack)
+        try:
+            return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord, outer=stack)
+        except WriteError as err:
+            fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+            raise err.with_hint(f"finished results are kept: {fix}, then run the same command again") from None
 
 
 def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional[FieldMap],
@@ -301,10 +306,7 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
                 continue
             assert inputs is not None
             if grader is None:
-                p = settings.prompt
-                grader = stack.enter_context(rewards.Grader(
-                    num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
-                    template=p.template, truncated_box_fallback=settings.train.grade_truncated_box))
+                grader = stack.enter_context(rewards.settings_grader(settings, reward="math"))
             proto = plan.proto
             sampling = SamplingSpec(n=1, temperature=proto.temperature, top_p=proto.top_p, top_k=-1,
                                     stop_token_ids=inputs.stop_ids)

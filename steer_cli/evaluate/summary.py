@@ -45,7 +45,7 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
         "kind": SUMMARY_KIND, "format_version": FORMAT_VERSION,
         "model": target.model, "setup": target.setup, "lora_rank": target.lora_rank,
         "vectors": abs_path(target.vectors), "adapter": abs_path(target.adapter), "run": abs_path(target.run),
-        "checkpoint": target.checkpoint, "train_dataset": target.train_dataset,
+        "checkpoint": target.checkpoint, "step": target.step, "train_dataset": target.train_dataset,
         "temperature": proto.temperature, "top_p": proto.top_p, "seeds": list(proto.seeds),
         "benchmarks": benchmarks,
         "average": M.paper_average(primary),

@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from steer_cli.errors import SteerError
 from steer_cli.models import model_slug
@@ -15,6 +15,8 @@ from steer_cli.patching.strength import format_layers, format_scale
 from steer_cli.runs import CHECKPOINT_DIR_RE, is_training_run
 from steer_cli.settings import Layer, Settings, read_yaml_file
 from steer_cli.vectors.file import load_vectors
+
+_NUMBERED_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Target:
     weights: Optional[Path] = None  # a full checkpoint's model directory
     run: Optional[Path] = None
     checkpoint: Optional[str] = None
+    step: Optional[int] = None  # the training step of the checkpoint (steer report selects by run and step)
     train_dataset: Optional[str] = None
     lora_rank: Optional[int] = None  # for lora: told apart in reports (the paper has r4 and r1 rows)
     scale: float = 1.0  # steering strength at evaluation (--scale); 1 = as trained
@@ -73,8 +76,7 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
         final = path / "final"
         if final.is_dir():
             return path, final
-        ckpts = sorted((int(c.name.split("-")[1]), c) for c in path.iterdir()
-                       if c.is_dir() and re.match(r"^checkpoint-\d+$", c.name))
+        ckpts = _numbered(path)
         if ckpts:
             return path, ckpts[-1][1]
         raise SteerError(f"training run {path} has no final/ or checkpoint-N/ yet; wait for its first "
@@ -83,6 +85,58 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
         raise SteerError(f"{path} is an evaluation output, not a training run; pass the run it came from")
     raise SteerError(f"{path} is not a steer training run (no settings.yaml with metrics.jsonl or "
                      "checkpoints); pass a run directory, one of its checkpoint directories, or --model")
+
+
+def _numbered(run: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of a run's checkpoint-N directories, oldest first."""
+    found = []
+    for child in run.iterdir():
+        m = _NUMBERED_RE.match(child.name)
+        if m and child.is_dir():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def checkpoint_step(ckpt: Path) -> Optional[int]:
+    """The training step a checkpoint holds: its trainer_state.json's, else the N of checkpoint-N."""
+    try:
+        step = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    if isinstance(step, int) and not isinstance(step, bool):
+        return step
+    m = _NUMBERED_RE.match(ckpt.name)
+    return int(m.group(1)) if m else None
+
+
+def run_checkpoints(run: Path, wanted: Sequence[str]) -> list[Path]:
+    """The checkpoints of a training run that ``eval.checkpoints`` names, in the order named
+    ("all": oldest first, final/ last). A step that final/ holds is final/ (the reference's last
+    checkpoint is its final step); a step the run lacks is an error that lists those it has."""
+    if list(wanted) == ["final"]:
+        return [resolve_run(run)[1]]
+    numbered = _numbered(run)
+    final = run / "final" if (run / "final").is_dir() else None
+    final_step = checkpoint_step(final) if final is not None else None
+    if list(wanted) == ["all"]:
+        found = [c for step, c in numbered if final is None or step != final_step] + ([final] if final else [])
+        if not found:
+            raise SteerError(f"training run {run} has no final/ or checkpoint-N/ yet; wait for its first checkpoint")
+        return found
+    by_step = dict(numbered)
+    found = []
+    for name in wanted:
+        if name == "final" or (name.isdigit() and int(name) not in by_step and final_step == int(name)):
+            if final is None:
+                raise SteerError(f"training run {run} has no final/ yet; name its checkpoints by step, or wait")
+            found.append(final)
+        elif name.isdigit() and int(name) in by_step:
+            found.append(by_step[int(name)])
+        else:
+            have = [str(s) for s, _ in numbered] + ([f"final (step {final_step})"] if final else [])
+            raise SteerError(f"training run {run} has no checkpoint at step {name}; it has "
+                             f"{', '.join(have) or 'none yet'} (--checkpoints all evaluates every one)")
+    return list(dict.fromkeys(found))
 
 
 def run_settings_layer(run_dir: Path) -> Layer:
@@ -138,6 +192,7 @@ def plan_targets(
     *,
     run: Optional[Path] = None,
     checkpoint: Optional[Path] = None,
+    checkpoints: Sequence[Path] = (),
     vectors: Optional[Path] = None,
     adapter: Optional[Path] = None,
     with_base: Optional[bool] = None,
@@ -145,8 +200,8 @@ def plan_targets(
 ) -> list[Target]:
     """What ``steer eval`` evaluates, in table order (base first), each with its output directory.
 
-    With a run: its checkpoint's vectors/adapter/model, plus the base model unless
-    ``with_base`` is False. Otherwise ``settings.model.name``, with ``vectors`` or ``adapter``
+    With a run: its checkpoint's (or each of ``checkpoints``') vectors/adapter/model, plus the base
+    model unless ``with_base`` is False. Otherwise ``settings.model.name``, with ``vectors`` or ``adapter``
     attached; the base model beside them only when ``with_base`` is True. With ``strengths``,
     trained vectors become one target per ``inference.scale`` (on ``inference.layers``), labelled
     ``final-scale-0.5``, ``final-layers-0-10,17`` ...; scale 1 on every layer keeps the plain label.
@@ -154,38 +209,40 @@ def plan_targets(
     if vectors is not None and adapter is not None:
         raise SteerError("--vectors and --adapter together: evaluate one trained thing at a time")
     model = settings.model.name
-    trained: Optional[Target] = None
+    trained: list[Target] = []
     if run is not None:
         if vectors is not None or adapter is not None:
             raise SteerError("a training run already names what to evaluate; drop --vectors/--adapter, or drop RUN")
-        assert checkpoint is not None
-        setup, artifact = checkpoint_artifact(checkpoint)
-        trained = Target(checkpoint.name, setup, model, Path(), run=run, checkpoint=checkpoint.name,
-                         train_dataset=settings.data.dataset,
-                         vectors=artifact if setup == "steering" else None,
-                         adapter=artifact if setup == "lora" else None,
-                         weights=artifact if setup == "full" else None,
-                         lora_rank=settings.setup.lora.rank if setup == "lora" else None)
+        ckpts = list(checkpoints) or [checkpoint]
+        assert all(c is not None for c in ckpts)
+        for ckpt in ckpts:
+            setup, artifact = checkpoint_artifact(ckpt)
+            trained.append(Target(ckpt.name, setup, model, Path(), run=run, checkpoint=ckpt.name,
+                                  step=checkpoint_step(ckpt), train_dataset=settings.data.dataset,
+                                  vectors=artifact if setup == "steering" else None,
+                                  adapter=artifact if setup == "lora" else None,
+                                  weights=artifact if setup == "full" else None,
+                                  lora_rank=settings.setup.lora.rank if setup == "lora" else None))
         with_base = True if with_base is None else with_base
     elif vectors is not None:
         vectors = Path(vectors).expanduser()
         if not vectors.exists():
             raise SteerError(f"vectors file {vectors} does not exist")
-        trained = Target(_file_label(vectors, "vectors"), "steering", model, Path(), vectors=vectors,
-                         train_dataset=_vectors_dataset(vectors))
+        trained = [Target(_file_label(vectors, "vectors"), "steering", model, Path(), vectors=vectors,
+                          train_dataset=_vectors_dataset(vectors))]
     elif adapter is not None:
         adapter = Path(adapter).expanduser()
         if not (adapter / "adapter_config.json").is_file():
             raise SteerError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
-        trained = Target(_file_label(adapter, "adapter"), "lora", model, Path(), adapter=adapter,
-                         lora_rank=_adapter_rank(adapter))
+        trained = [Target(_file_label(adapter, "adapter"), "lora", model, Path(), adapter=adapter,
+                          lora_rank=_adapter_rank(adapter))]
     targets = []
-    if trained is None or with_base:
+    if not trained or with_base:
         targets.append(Target("base", "base", model, Path()))
-    if trained is not None:
-        if trained.label == "base":
-            trained.label = f"base-{trained.setup}"
-        targets.extend(_strengths(trained, settings) if strengths else [trained])
+    for t in trained:
+        if t.label == "base":
+            t.label = f"base-{t.setup}"
+        targets.extend(_strengths(t, settings) if strengths else [t])
     root = settings.output.output_dir
     for t in targets:
         if root:

@@ -40,7 +40,6 @@ from steer_cli.data.files import read_rows
 from steer_cli.data.prompts import completion_stop_ids, render_prompt
 from steer_cli.errors import SteerError
 from steer_cli.io import append_jsonl, atomic_path, atomic_write_text
-from steer_cli.lens.tuned_plot import plot_training
 from steer_cli.lens.tuned import (
     CONFIG_FILE,
     TunedLens,
@@ -51,6 +50,7 @@ from steer_cli.lens.tuned import (
     sequence_kls,
     translated_logits,
 )
+from steer_cli.lens.tuned_plot import plot_training
 from steer_cli.models import load_causal_lm, load_tokenizer, model_slug, resolve_model
 from steer_cli.patching.archs import locate
 from steer_cli.rollout.base import SampleRequest, SamplingSpec, completion_budgets

@@ -75,6 +75,10 @@ class EvalSummary:
     scale: float = 1.0  # steering strength at evaluation (steer eval --scale)
     layers: Optional[tuple[int, ...]] = None  # layer subset at evaluation (--layers); None = all steered
     sweep: str = ""  # the identity without the strength: summaries of one scale sweep share it
+    run: Optional[str] = None  # the training run evaluated (its directory, as summary.json records it)
+    checkpoint: Optional[str] = None  # final | checkpoint-N, of ``run``
+    step: Optional[int] = None  # the checkpoint's training step (older summaries: from checkpoint-N, else None)
+    run_key: str = ""  # the identity without the checkpoint: one run's checkpoints share it (report.select)
 
     @property
     def as_trained(self) -> bool:
@@ -150,11 +154,21 @@ def parse_summary(path: Path) -> EvalSummary:
     layers = tuple(int(i) for i in layers) if isinstance(layers, list) else None
     sweep = f"{what}|{data.get('checkpoint')}|T={data.get('temperature')}|layers={layers}"
     identity = f"{what}|{data.get('checkpoint')}|T={data.get('temperature')}"
+    run_key = f"{what}|T={data.get('temperature')}"
     if scale != 1.0 or layers is not None:
         identity += f"|scale={scale}|layers={layers}"
+        run_key += f"|scale={scale}|layers={layers}"
     setup = setup_key(str(data["setup"]), data.get("lora_rank"))
+    run, checkpoint = data.get("run"), data.get("checkpoint")
+    step = data.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        m = re.match(r"^checkpoint-(\d+)$", str(checkpoint))
+        step = int(m.group(1)) if m else None
+    if not (run and checkpoint):
+        run_key = identity
     return EvalSummary(path, str(data["model"]), setup, data.get("train_dataset"), identity,
-                       path.stat().st_mtime, benches, scale, layers, sweep)
+                       path.stat().st_mtime, benches, scale, layers, sweep,
+                       str(run) if run else None, str(checkpoint) if checkpoint else None, step, run_key)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

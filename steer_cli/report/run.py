@@ -11,6 +11,7 @@ from steer_cli.errors import SteerError
 from steer_cli.report import plots as report_plots
 from steer_cli.report import tables as rt
 from steer_cli.report.collect import Results, collect
+from steer_cli.report.select import select as select_checkpoints
 
 
 @dataclass
@@ -24,8 +25,9 @@ FORMATS = ("github", "latex", "csv")
 
 
 def report(paths: Optional[Sequence[str | Path]] = None, *, fmt: str = "github",
-           plot_dir: Optional[str | Path] = None) -> ReportOutput:
-    """Tables (and optionally PNGs) for the results under ``paths`` (default: runs/)."""
+           plot_dir: Optional[str | Path] = None, select: Optional[str] = None) -> ReportOutput:
+    """Tables (and optionally PNGs) for the results under ``paths`` (default: runs/); ``select``:
+    which checkpoint of each training run, final (None), best or mean (``report.select``)."""
     if fmt not in FORMATS:
         raise SteerError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     notes = []
@@ -43,7 +45,8 @@ def report(paths: Optional[Sequence[str | Path]] = None, *, fmt: str = "github",
             more = len(results.skipped) - 1
             skipped = f"; skipped {results.skipped[0]}" + (f" and {more} more" if more else "")
         raise SteerError(f"no results under {where} (looked for summary.json, metrics.jsonl, bench JSON){skipped}")
-    tables = rt.build_tables(results)
+    results, selection = select_checkpoints(results, select)
+    tables = rt.build_tables(results, selection)
     text = rt.render_tables(tables, fmt)
     plots: list[Path] = []
     if plot_dir is not None:

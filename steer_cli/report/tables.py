@@ -105,19 +105,23 @@ def _mean(xs: Sequence[float]) -> float:
 
 def _pooled(evals: Sequence[Any], bench: str, values: Callable[[Any], dict[str, float]]) -> dict[str, float]:
     """Seed -> value of one benchmark over several summaries: per (what was evaluated, seed) the
-    newest summary wins; different things (e.g. training seeds) are averaged per eval seed."""
-    newest: dict[tuple[str, str], tuple[float, float]] = {}
+    newest summary wins; several checkpoints of one run (``steer report --select mean``) are
+    averaged per eval seed within the run, then different runs (e.g. training seeds) are."""
+    newest: dict[tuple[str, str, str], tuple[float, float]] = {}
     for e in evals:
         b = e.benchmarks.get(bench)
         if b is None:
             continue
         for seed, v in values(b).items():
-            key = (e.identity, seed)
+            key = (getattr(e, "run_key", "") or e.identity, e.identity, seed)
             if key not in newest or e.mtime >= newest[key][0]:
                 newest[key] = (e.mtime, v)
+    per_run: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (run, _, seed), (_, v) in newest.items():
+        per_run[(run, seed)].append(v)
     per_seed: dict[str, list[float]] = defaultdict(list)
-    for (_, seed), (_, v) in newest.items():
-        per_seed[seed].append(v)
+    for (_, seed), vs in per_run.items():
+        per_seed[seed].append(_mean(vs))
     return {seed: _mean(vs) for seed, vs in per_seed.items()}
 
 
@@ -166,7 +170,8 @@ def _as_trained(evals: Sequence[Any]) -> list[Any]:
     return [e for e in evals if getattr(e, "as_trained", True)]
 
 
-def table1(results: Any) -> Optional[Table]:
+def table1(results: Any, caption: str = "", extra_notes: Sequence[str] = ()) -> Optional[Table]:
+    """``caption``/``extra_notes``: how each run's checkpoint was chosen (``report.select``)."""
     evals = _as_trained(results.evals)
     if not evals:
         return None
@@ -202,7 +207,8 @@ def table1(results: Any) -> Optional[Table]:
                       if e.benchmarks[b].metric != "pass@1"})
     if metrics:
         notes.append("pass@1 except " + "; ".join(metrics))
-    return Table("Table 1 form: accuracy (%), mean ± std over evaluation seeds", headers, rows, notes)
+    return Table(f"Table 1 form: accuracy (%), mean ± std over evaluation seeds{caption}", headers, rows,
+                 notes + list(extra_notes))
 
 
 def _average(per_bench: dict[str, dict[str, float]], over: Sequence[str]) -> Optional[MeanStd]:
@@ -227,7 +233,7 @@ def _mean_at_k(b: Any) -> dict[str, float]:
     return b.seed_values()
 
 
-def table4(results: Any) -> Optional[Table]:
+def table4(results: Any, caption: str = "") -> Optional[Table]:
     evals = _as_trained(results.evals)
     trained = [e for e in evals if e.setup != "base" and e.train_dataset]
     if not trained:
@@ -267,7 +273,7 @@ def table4(results: Any) -> Optional[Table]:
     if not rows:
         return None
     return Table("Table 4 form: accuracy (%, mean@k where recorded) per train / test pair; "
-                 "(±x) = difference to Full-Tune", ["Train / Test", "Setup", *models], rows, blank_repeats=1)
+                 f"(±x) = difference to Full-Tune{caption}", ["Train / Test", "Setup", *models], rows, blank_repeats=1)
 
 
 # -- Table 3 -----------------------------------------------------------------------------------
@@ -432,8 +438,11 @@ def scale_series(results: Any) -> list[tuple[str, list[float], list[Optional[flo
     return out
 
 
-def build_tables(results: Any) -> list[Table]:
-    tables = [table1(results), table4(results), *scale_tables(results), *table3(results), training_table(results)]
+def build_tables(results: Any, selection: Any = None) -> list[Table]:
+    """``selection``: a ``report.select.Selection`` whose caption and notes Tables 1 and 4 carry."""
+    caption, notes = (selection.caption, selection.notes) if selection is not None else ("", ())
+    tables = [table1(results, caption, notes), table4(results, caption), *scale_tables(results), *table3(results),
+              training_table(results)]
     return [t for t in tables if t is not None]
 
 

@@ -1,11 +1,18 @@
 """Answer extraction: the prediction of a completion and the normalised gold answer.
 
-Follows the paper's code: the prediction is the last ``\\boxed{...}`` (``<answer>...</answer>``
-for the r1 template) and the gold answer is ``\\boxed{answer}``. Small departures, all on malformed
-output: escaped braces (``\\{``) do not count when matching a box, ``\\boxed 5`` counts, and an
-``<answer>`` block that holds a box is read through the box. As in the reference, a last
-``\\boxed{`` that never closes (truncated output) has no answer; with ``truncated_box_fallback``
-(setting ``train.grade_truncated_box``) the last complete box before it is graded instead.
+As the paper's code reads a completion (fact sheet 1d): the last occurrence of ``\\boxed`` decides;
+its answer is what its braces hold, the ``{`` right after the command and the ``}`` that brings
+the count back to zero, every brace counted (escaped ones too). Anything else there - ``\\boxed 5``,
+``\\boxed {5}``, ``\\boxedx{5}``, a box that never closes (cut-off output) - is no answer, and so is
+``\\fbox{...}`` (the reference falls back to it, but math-verify reads no answer from it). For the
+r1 template the answer is the last ``<answer>...</answer>`` block, as it stands. The gold answer is
+``\\boxed{answer}``.
+
+``lenient_boxes`` (setting ``train.grade_lenient_boxes``) reads malformed boxes as steer did
+before: escaped braces do not count, ``\\boxed 5`` and ``\\fbox{5}`` count, a longer command
+name (``\\boxedx``) is passed over, and an ``<answer>`` block holding a box is read through the
+box. With ``truncated_box_fallback`` (``train.grade_truncated_box``) a last box that never closes
+gives way to the last complete one before it, in either reading.
 
 Pure and linear-time; standard library only (the grader's worker processes import it).
 """
@@ -19,6 +26,8 @@ from typing import Any
 
 from steer_cli.errors import SteerError
 
+_BOXED = "\\boxed"
+_ANY_BRACE_RE = re.compile(r"[{}]")
 _BLANKS_RE = re.compile(r"\s*")
 _NOT_BRACE_BYTES = bytes(b for b in range(256) if b not in b"{}")
 _BRACE_BYTE_VALUE = [1 if b == ord("{") else -1 if b == ord("}") else 0 for b in range(256)]
@@ -94,13 +103,49 @@ def _last_complete_box(text: str, command: str, fallback: bool = True) -> Any:
             return _UNCLOSED
 
 
-def extract_boxed(text: str, *, truncated_box_fallback: bool = False) -> str | None:
-    """Content of the last `\\boxed{...}` (nested braces matched); `\\fbox{...}` where there is no
-    `\\boxed`. `\\boxed 5` (a blank and one token, no braces) counts too.
+def _closing_brace(text: str, open_pos: int, end: int) -> int:
+    """Index of the ``}`` that closes the ``{`` at open_pos within text[:end], every brace counted
+    (escaped ones too, as the reference counts them); -1 when it does not close."""
+    seg = text[open_pos:end]
+    if "}" not in seg:
+        return -1
+    braces = seg.encode("utf-8", "ignore").translate(None, _NOT_BRACE_BYTES)
+    try:
+        n_braces = list(accumulate(map(_BRACE_BYTE_VALUE.__getitem__, braces))).index(0) + 1
+    except ValueError:
+        return -1
+    return open_pos + next(islice(_ANY_BRACE_RE.finditer(seg), n_braces - 1, None)).start()
+
+
+def _reference_box(text: str, fallback: bool) -> str | None:
+    """The reference's reading; with ``fallback``, a last box that never closes is read as if the
+    text ended just before it. Each pass looks at text[start:end] only, and ends fall: linear."""
+    end = len(text)
+    while True:
+        start = text.rfind(_BOXED, 0, end)
+        if start < 0:
+            return None
+        open_pos = start + len(_BOXED)
+        if open_pos >= end or text[open_pos] != "{":
+            return None  # `\boxed 5`, `\boxed {5}`, `\boxedx{5}`: math-verify finds no answer in such a cut
+        close = _closing_brace(text, open_pos, end)
+        if close >= 0:
+            return text[open_pos + 1 : close]
+        if not fallback:
+            return None
+        end = start
+
+
+def extract_boxed(text: str, *, truncated_box_fallback: bool = False, lenient_boxes: bool = False) -> str | None:
+    """Content of the last ``\\boxed{...}`` as the reference reads it (module docstring), or None.
 
     A last box that never closes (output cut off inside it) gives None, as in the reference code;
-    with ``truncated_box_fallback`` the previous complete box is taken instead. Linear in len(text).
+    with ``truncated_box_fallback`` the previous complete box is taken instead. ``lenient_boxes``:
+    escaped braces skipped, ``\\boxed 5`` (a blank and one token) and ``\\fbox{...}`` (where there is
+    no ``\\boxed``) count. Linear in len(text).
     """
+    if not lenient_boxes:
+        return _reference_box(text, truncated_box_fallback)
     for command in ("boxed", "fbox"):
         found = _last_complete_box(text, command, truncated_box_fallback)
         if found is _UNCLOSED:
@@ -110,10 +155,26 @@ def extract_boxed(text: str, *, truncated_box_fallback: bool = False) -> str | N
     return None
 
 
+def _last_answer_block(text: str) -> str | None:
+    """The last of the non-overlapping ``<answer>...</answer>`` blocks, each from an opening tag to
+    the first closing one after it (the reference's non-greedy ``findall``, in linear time)."""
+    found, pos = None, 0
+    while True:
+        open_ = text.find("<answer>", pos)
+        if open_ < 0:
+            return found
+        close = text.find("</answer>", open_ + len("<answer>"))
+        if close < 0:
+            return found
+        found, pos = text[open_ + len("<answer>") : close], close + len("</answer>")
+
+
 def extract_answer(completion: str, template: str = "qwen_math", *,
-                   truncated_box_fallback: bool = False) -> str | None:
+                   truncated_box_fallback: bool = False, lenient_boxes: bool = False) -> str | None:
     """The model's final answer: last boxed content, or for "r1" the last `<answer>` block."""
-    if template == "r1":
+    if template == "r1" and not lenient_boxes:
+        answer = _last_answer_block(completion)
+    elif template == "r1":
         close = completion.rfind("</answer>")
         if close < 0:
             return None
@@ -122,11 +183,12 @@ def extract_answer(completion: str, template: str = "qwen_math", *,
             return None
         answer = completion[open_ + len("<answer>") : close]
         if "\\boxed" in answer or "\\fbox" in answer:
-            boxed = extract_boxed(answer, truncated_box_fallback=truncated_box_fallback)
+            boxed = extract_boxed(answer, truncated_box_fallback=truncated_box_fallback, lenient_boxes=True)
             if boxed is not None:
                 answer = boxed
     else:
-        answer = extract_boxed(completion, truncated_box_fallback=truncated_box_fallback)
+        answer = extract_boxed(completion, truncated_box_fallback=truncated_box_fallback,
+                               lenient_boxes=lenient_boxes)
     if answer is None or not answer.strip():
         return None
     return answer.strip()
@@ -172,7 +234,8 @@ def gold_text(answer: Any) -> str:
         )
     s = unwrap_math(answer)
     if "\\boxed" in s or "\\fbox" in s:
-        boxed = extract_boxed(s)
+        # gold answers are data, not what a policy learns to write: read their boxes leniently
+        boxed = extract_boxed(s, lenient_boxes=True)
         if boxed is not None:
             s = boxed.strip()
     m = _INT_FLOAT_RE.match(s)

@@ -47,7 +47,7 @@ def boxed(content: str) -> str:
 
 
 def is_correct(completion: str, answer: Any, *, template: str = "qwen_math",
-               truncated_box_fallback: bool = False) -> bool:
+               truncated_box_fallback: bool = False, lenient_boxes: bool = False) -> bool:
     """True when the completion's final answer equals the gold answer per math-verify.
 
     No answer is wrong; a parse/verify error is wrong. In-process: math-verify's timeouts apply
@@ -55,16 +55,18 @@ def is_correct(completion: str, answer: Any, *, template: str = "qwen_math",
     A missing gold answer raises SteerError.
     """
     gold_boxed = gold_to_boxed(answer)
-    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
+    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback,
+                          lenient_boxes=lenient_boxes)
     if pred is None:
         return False
     return verify_boxed(gold_boxed, boxed(pred))
 
 
 def strict_match(completion: str, answer: Any, template: str = "qwen_math", *,
-                 truncated_box_fallback: bool = False) -> bool:
+                 truncated_box_fallback: bool = False, lenient_boxes: bool = False) -> bool:
     """Exact string match of the extracted answer and the normalised gold (metrics only)."""
-    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
+    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback,
+                          lenient_boxes=lenient_boxes)
     return pred is not None and pred == gold_text(answer)
 
 
@@ -77,11 +79,12 @@ def normalise_text(text: str) -> str:
 
 
 def exact_match(completion: str, answer: Any, template: str = "qwen_math", *,
-                truncated_box_fallback: bool = False) -> tuple[bool, bool]:
+                truncated_box_fallback: bool = False, lenient_boxes: bool = False) -> tuple[bool, bool]:
     """(matches, has_answer): the extracted answer (last box; ``<answer>`` for r1) or, where there
     is none, the whole completion, equals the gold answer after ``normalise_text``."""
     gold = normalise_text(gold_text(answer))
-    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
+    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback,
+                          lenient_boxes=lenient_boxes)
     has_answer = pred is not None
     if pred is None:
         pred = completion

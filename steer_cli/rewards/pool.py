@@ -181,7 +181,7 @@ class Grader:
 
     def __init__(
         self, num_workers: int = 2, timeout: float = 5.0, template: str = "qwen_math",
-        truncated_box_fallback: bool = False, reward: str = "math",
+        truncated_box_fallback: bool = False, reward: str = "math", lenient_boxes: bool = False,
     ) -> None:
         if num_workers < 0:
             raise SteerError(f"grader num_workers must be >= 0, got {num_workers}")
@@ -192,6 +192,7 @@ class Grader:
         self.timeout = float(timeout)
         self.template = template
         self.truncated_box_fallback = truncated_box_fallback
+        self.lenient_boxes = lenient_boxes
         self._plugin = load_function(self.spec) if self.spec.plugin and self.num_workers == 0 else None
         self._ctx = _worker_context()
         self._lock = threading.Lock()
@@ -239,14 +240,15 @@ class Grader:
         if self.spec.kind == "exact":
             for i, (completion, answer) in enumerate(items):
                 ok, has_answer = exact_match(completion, answer, self.template,
-                                             truncated_box_fallback=self.truncated_box_fallback)
+                                             truncated_box_fallback=self.truncated_box_fallback,
+                                             lenient_boxes=self.lenient_boxes)
                 results[i] = Grade(correct=ok, has_answer=has_answer, strict=ok, timed_out=False)
             return results
         jobs: list[_Job] = []
         for i, (completion, answer) in enumerate(items):
             gold = gold_text(answer)  # a bad gold answer raises here, before any work
-            pred = extract_answer(completion, self.template,
-                                  truncated_box_fallback=self.truncated_box_fallback)
+            pred = extract_answer(completion, self.template, truncated_box_fallback=self.truncated_box_fallback,
+                                  lenient_boxes=self.lenient_boxes)
             if pred is None:
                 results[i] = Grade(correct=False, has_answer=False, strict=False, timed_out=False)
             else:
@@ -396,11 +398,18 @@ class Grader:
                     self._replace(w)
 
 
-def training_grader(s: Settings, *, workers: int | None = None) -> Any:
-    """The ``Grader`` of a training run: train.reward with the run's template and limits."""
+def settings_grader(s: Settings, *, reward: str, workers: int | None = None) -> Any:
+    """A ``Grader`` of ``reward`` that reads completions as the settings say (template, how boxes
+    are read, limits): training and evaluation both grade through this, so they grade alike."""
     return Grader(num_workers=s.train.grader_workers if workers is None else workers,
                   timeout=s.train.grade_timeout, template=s.prompt.template,
-                  truncated_box_fallback=s.train.grade_truncated_box, reward=s.train.reward)
+                  truncated_box_fallback=s.train.grade_truncated_box, reward=reward,
+                  lenient_boxes=s.train.grade_lenient_boxes)
+
+
+def training_grader(s: Settings, *, workers: int | None = None) -> Any:
+    """The ``Grader`` of a training run: train.reward with the run's template and limits."""
+    return settings_grader(s, reward=s.train.reward, workers=workers)
 
 
 def check_plugin(s: Settings, answer: Any, row: Any) -> None:

@@ -23,8 +23,8 @@ from transformers import AutoConfig
 from steer_cli.errors import SteerError
 from steer_cli.rollout import vllm_models
 from steer_cli.rollout.base import Completion, SampleRequest, SamplingSpec
+from steer_cli.rollout.packing import pack_tensor, unpack_tensor
 from steer_cli.rollout.vllm_models import DOWN_PROJ_BIAS_EQUAL, PLACES, SUPPORTED
-from steer_cli.rollout.vllm_worker import pack_tensor, unpack_tensor
 
 WORKER_EXTENSION = "steer_cli.rollout.vllm_worker.SteeringWorkerExtension"
 

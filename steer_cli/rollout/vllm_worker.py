@@ -15,22 +15,9 @@ import time
 import torch
 
 from steer_cli.rollout import vllm_models
+from steer_cli.rollout.packing import pack_tensor, unpack_tensor
 
 vllm_models.register()
-
-
-def pack_tensor(tensor: torch.Tensor) -> tuple[str, list[int], bytes]:
-    """``(dtype, shape, raw bytes)``: crosses vLLM's RPC layers unchanged (a tensor argument
-    arrives in the worker as a decoded list, and only with multiprocessing on)."""
-    t = tensor.detach().cpu().contiguous()
-    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return str(t.dtype).removeprefix("torch."), list(t.shape), raw
-
-
-def unpack_tensor(packed) -> torch.Tensor:
-    dtype, shape, data = packed
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return flat.view(getattr(torch, dtype)).reshape(shape)
 
 
 class SteeringWorkerExtension:

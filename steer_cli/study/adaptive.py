@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +28,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from peft import PeftModel
 from rich.table import Table
 from rich.text import Text
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from peft import PeftModel
 
 from steer_cli.data.datasets import sample_problems
 from steer_cli.data.prompts import completion_stop_ids, render_prompt_text

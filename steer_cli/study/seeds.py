@@ -21,7 +21,6 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-
 from rich.table import Table
 from rich.text import Text
 

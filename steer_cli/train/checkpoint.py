@@ -5,14 +5,25 @@ A checkpoint holds what trains (``vectors.safetensors``, a peft ``adapter/``, or
 ``torch.load(weights_only=True)``), RNG states and counters (``trainer_state.json``,
 ``rng.pt``). Each directory is built under a temporary name and renamed into place, so a kill
 during a save leaves the previous checkpoint intact; only complete ones carry the final name.
+
+Each also carries a manifest (``manifest.json``: every file's size and sha256), written last.
+``--resume`` checks the newest checkpoint against it; a damaged one (a file cut short or missing:
+a file system without atomic rename, a quota, a bad disk) is moved aside to
+``checkpoint-N.damaged``, never deleted, and the run resumes from the newest intact one.
+Checkpoints from before manifests are checked for what they can show: files present, safetensors
+headers that match the file sizes, readable torch archives and JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import struct
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +34,13 @@ from safetensors.torch import load_file
 
 from steer_cli.errors import SteerError
 from steer_cli.faults import maybe_die
-from steer_cli.io import atomic_dir, atomic_write_text
+from steer_cli.io import atomic_dir, atomic_write_text, writing
+from steer_cli.manifest import MANIFEST_NAME, has_manifest, manifest_damage, write_manifest
 from steer_cli.train.fsdp import load_model_state, load_optimizer_state, save_pretrained_gathered
 from steer_cli.vectors.file import load_vectors, save_vectors
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+DAMAGED_RE = re.compile(r"^checkpoint-\d+\.damaged(-\d+)?$")
 STATE_FILE = "trainer_state.json"
 PISSA_RESUME_DIR = "adapter-pissa"  # a PiSSA adapter as trained (adapter/ holds it converted)
 
@@ -74,9 +87,9 @@ def save_checkpoint(
 
     def extra(tmp: Path) -> None:
         optim = optimizer_state if optimizer_state is not None else optimizer.state_dict()
-        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict(), "fsdp": optimizer_state is not None},
-                   tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        _torch_save({"optimizer": optim, "scheduler": scheduler.state_dict(), "fsdp": optimizer_state is not None},
+                    tmp / "optimizer.pt")
+        _torch_save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
 
     state = dict(state, python_rng=_py_rng_state(), numpy_rng=_np_rng_state())
     return _write_dir(target, step, trainable, state, vectors_meta, tokenizer, extra, model_state)
@@ -89,20 +102,23 @@ def save_final(out_dir: Path, step: int, trainable: Any, state: dict[str, Any], 
     return _write_dir(out_dir / "final", step, trainable, state, vectors_meta, tokenizer, None, model_state)
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file: torch's own writer, given a path, turns a full disk into "unexpected pos".
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def _write_dir(target: Path, step: int, trainable: Any, state: dict[str, Any], vectors_meta: dict[str, Any],
                tokenizer: Any, extra: Any, model_state: dict[str, torch.Tensor] | None = None) -> Path:
-    try:
-        with atomic_dir(target) as tmp:
-            write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer, model_state=model_state)
-            if extra is not None:
-                extra(tmp)
-            (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=2))
-            maybe_die("checkpoint", step)
-    except OSError as err:
-        raise SteerError(
-            f"could not write {target}: {err.strerror or err}; earlier checkpoints are intact "
-            "(free some space, then continue with --resume)"
-        ) from None
+    """An OS error (a full disk) raises WriteError with the earlier checkpoints untouched."""
+    with atomic_dir(target) as tmp:
+        write_trained(tmp, trainable, vectors_meta=vectors_meta, tokenizer=tokenizer, model_state=model_state)
+        if extra is not None:
+            extra(tmp)
+        # "manifest": a checkpoint that says it has one and has none is incomplete, not old.
+        (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step, manifest=MANIFEST_NAME), indent=2))
+        write_manifest(tmp)  # last: it lists every file above
+        maybe_die("checkpoint", step)
     return target
 
 
@@ -116,19 +132,98 @@ def remove_partial_checkpoints(out_dir: Path) -> None:
 
 def list_checkpoints(out_dir: Path, *, resumable: bool = True) -> list[tuple[int, Path]]:
     """(step, dir) of ``checkpoint-N`` directories, oldest first; ``resumable`` keeps only those
-    with trainer state (all of ours; hand-made ones may hold just vectors)."""
+    with trainer state or a manifest (all of ours; hand-made ones may hold just vectors)."""
     found = []
     if out_dir.is_dir():
         for child in out_dir.iterdir():
             m = _CKPT_RE.match(child.name)
-            if m and child.is_dir() and (not resumable or (child / STATE_FILE).exists()):
+            if m and child.is_dir() and (not resumable or (child / STATE_FILE).exists() or has_manifest(child)):
                 found.append((int(m.group(1)), child))
     return sorted(found)
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = list_checkpoints(out_dir)
-    return found[-1][1] if found else None
+@dataclass
+class ResumePoint:
+    """Where ``--resume`` continues: the newest intact checkpoint (None: none is), and the newer
+    damaged ones with what is wrong with each (newest first)."""
+
+    checkpoint: Path | None
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def find_resume_point(out_dir: Path) -> ResumePoint:
+    """Check checkpoints from the newest down until one is intact (reads only)."""
+    damaged = []
+    for _, path in reversed(list_checkpoints(out_dir)):
+        why = checkpoint_damage(path)
+        if why is None:
+            return ResumePoint(path, damaged)
+        damaged.append((path, why))
+    return ResumePoint(None, damaged)
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint directory, or None when --resume can trust it."""
+    if has_manifest(path):
+        return manifest_damage(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return f"{STATE_FILE} is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{STATE_FILE} is unreadable"
+    if isinstance(state, dict) and "manifest" in state:
+        return f"{MANIFEST_NAME} is missing"
+    return _legacy_damage(path)
+
+
+def _legacy_damage(path: Path) -> str | None:
+    """A checkpoint written before manifests: what can be checked without one."""
+    for name in ("optimizer.pt", "rng.pt"):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    if not any((path / sub).exists() for sub in ("vectors.safetensors", "adapter", "model")):
+        return "it holds no vectors.safetensors, adapter/ or model/"
+    for f in sorted(path.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(path).as_posix()
+        try:
+            if f.suffix == ".safetensors" and not _safetensors_whole(f):
+                return f"{rel} is cut short"
+            if f.suffix == ".pt":
+                zipfile.ZipFile(f).close()  # torch.save's archive: its directory is at the end
+            if f.suffix == ".json":
+                json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, zipfile.BadZipFile):
+            return f"{rel} is unreadable"
+    return None
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The header parses and the file is as long as its tensors' offsets say."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            return False
+        (n,) = struct.unpack("<Q", raw)
+        if n > os.path.getsize(path) - 8:
+            return False
+        header = json.loads(f.read(n))
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    return os.path.getsize(path) == 8 + n + max(ends, default=0)
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged checkpoint out of --resume's way, keeping it: ``checkpoint-N.damaged``."""
+    target = path.with_name(f"{path.name}.damaged")
+    k = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.damaged-{k}")
+        k += 1
+    with writing(path):
+        os.replace(path, target)
+    return target
 
 
 def run_vectors_file(path: Path) -> Path | None:
@@ -165,7 +260,8 @@ def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     except (OSError, json.JSONDecodeError, RuntimeError) as err:
-        raise SteerError(f"checkpoint {path} is unreadable ({err}); delete it to resume from an earlier one") from None
+        raise SteerError(f"checkpoint {path} is unreadable ({err}); move it aside to resume from an "
+                         "earlier one") from None
     if trainable.kind == "steering":
         vectors, _ = load_vectors(path / "vectors.safetensors")
         trainable.steering.set(vectors)

@@ -4,15 +4,16 @@ and whether that directory may be written (fresh, --resume, --overwrite); then i
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from steer_cli.errors import SteerError
-from steer_cli.io import atomic_write_text, clear_dir
+from steer_cli.io import atomic_write_text, clear_dir, writing
 from steer_cli.lock import is_lock_file
 from steer_cli.models import model_slug
 from steer_cli.rewards.plugins import parse_reward
 from steer_cli.settings import Settings, diff_settings, load_settings_file
-from steer_cli.train.checkpoint import latest_checkpoint, remove_partial_checkpoints
+from steer_cli.train.checkpoint import DAMAGED_RE, ResumePoint, find_resume_point, remove_partial_checkpoints, set_aside
 
 
 def check_training_settings(s: Settings) -> None:
@@ -67,12 +68,15 @@ def default_output_dir(s: Settings) -> Path:
 _RUN_OWN_FILES = frozenset({"settings.yaml", "metrics.jsonl", "steer", "wandb"})  # steer/, wandb/: trackers
 
 
-def check_output_dir(out_dir: Path, s: Settings) -> bool:
+def check_output_dir(out_dir: Path, s: Settings) -> ResumePoint | None:
     """Refuse to touch someone else's files; check a resumed run's settings. No side effects.
 
-    Returns whether the run continues from a checkpoint. ``--resume`` starts from the beginning
-    when there is nothing to continue: no directory, an empty one, or one holding only this run's
-    own files from before its first checkpoint (same settings), so requeue scripts can always pass it.
+    Returns where a ``--resume`` continues (None: the run starts from the beginning), after
+    checking its newest checkpoints (``find_resume_point``): damaged ones are listed there, to be
+    set aside by ``init_output_dir``. ``--resume`` starts from the beginning when there is nothing
+    to continue: no directory, an empty one, or one holding only this run's own files from before
+    its first checkpoint (same settings) and damaged checkpoints, so requeue scripts can always
+    pass it.
     """
     exists = out_dir.exists()
     if exists and not out_dir.is_dir():
@@ -90,13 +94,17 @@ def check_output_dir(out_dir: Path, s: Settings) -> bool:
                 f"--resume: these settings differ from the run in {out_dir} and would change its results: "
                 f"{lines}. Use the run's settings, or a new --output-dir"
             )
-        if latest_checkpoint(out_dir) is not None:
-            return True
+        point = find_resume_point(out_dir)
+        if point.checkpoint is not None:
+            return point
+        left = " intact" if point.damaged else ""
         if (out_dir / "final").exists():
-            raise SteerError(f"--resume: the run in {out_dir} has finished (final/) and left no checkpoint to "
+            raise SteerError(f"--resume: the run in {out_dir} has finished (final/) and left no{left} checkpoint to "
                              "continue from; pass --overwrite to train it again, or another --output-dir")
+        damaged = {p.name for p, _ in point.damaged}
         others = sorted(p.name for p in out_dir.iterdir()
-                        if p.name not in _RUN_OWN_FILES and not p.name.startswith("."))
+                        if p.name not in _RUN_OWN_FILES and p.name not in damaged and not DAMAGED_RE.match(p.name)
+                        and not p.name.startswith("."))
         if others:
             raise SteerError(f"--resume: {out_dir} has no checkpoint yet and holds files that are not the run's "
                              f"({', '.join(others[:5])}); move them away, or pass --overwrite")
@@ -114,15 +122,21 @@ def check_output_dir(out_dir: Path, s: Settings) -> bool:
     probe = out_dir if exists else next((p for p in out_dir.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK):
         raise SteerError(f"cannot write to output directory {out_dir} ({probe} is not writable)")
-    return False
+    return point if s.output.resume and non_empty else None
 
 
-def init_output_dir(out_dir: Path, s: Settings, *, continues: bool = False) -> None:
-    """Clear an --overwrite'd run (or a --resume'd one that had no checkpoint yet: its metrics and
-    half-written checkpoints) and write settings.yaml (after check_output_dir and loading)."""
-    if continues:
+def init_output_dir(out_dir: Path, s: Settings, point: ResumePoint | None = None) -> None:
+    """Set damaged checkpoints aside (one line each); unless the run continues from a checkpoint,
+    clear an --overwrite'd run (or a --resume'd one that had none: its metrics and half-written
+    checkpoints) and write settings.yaml (after check_output_dir and loading)."""
+    for path, why in point.damaged if point is not None else []:
+        moved = set_aside(path)
+        then = (f"resuming from {point.checkpoint.name}" if point.checkpoint is not None else
+                "no intact checkpoint is left: the run starts from the beginning")
+        print(f"note: {path.name} is damaged ({why}); moved it to {moved.name}, {then}", file=sys.stderr, flush=True)
+    if point is not None and point.checkpoint is not None:
         return
-    try:
+    with writing(out_dir):
         if out_dir.exists() and s.output.overwrite:
             clear_dir(out_dir)
         elif out_dir.exists() and s.output.resume:
@@ -130,5 +144,3 @@ def init_output_dir(out_dir: Path, s: Settings, *, continues: bool = False) -> N
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "settings.yaml", s.to_yaml())
-    except OSError as err:
-        raise SteerError(f"cannot write to output directory {out_dir}: {err.strerror or err}") from None

@@ -11,6 +11,7 @@ are summed across processes, so every process holds identical parameters.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import get_scheduler
 
 from steer_cli.data.prompts import completion_stop_ids
-from steer_cli.errors import Interrupted, SteerError
+from steer_cli.errors import Interrupted, SteerError, WriteError
 from steer_cli.faults import maybe_die
 from steer_cli.io import append_jsonl
 from steer_cli.lock import hold_dir
@@ -41,7 +42,6 @@ from steer_cli.rollout.factory import engine_dtype, make_vllm_backend
 from steer_cli.rollout.hf import HFBackend
 from steer_cli.settings import Settings, flatten
 from steer_cli.train.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     remove_partial_checkpoints,
@@ -110,7 +110,9 @@ class Trainer:
         self._lock_output_dir()
 
         record_reward(s)
-        self.continues = check_output_dir(self.out_dir, s)
+        # The main process checks (and hashes) the checkpoints once; all learn where to resume.
+        self.resume_point = self._on_main(lambda: check_output_dir(self.out_dir, s), share=True)
+        self.continues = self.resume_point is not None and self.resume_point.checkpoint is not None
 
         config = load_config(s.model.name, revision=s.model.revision, trust_remote_code=s.model.trust_remote_code)
         arch_for_config(config)
@@ -167,25 +169,30 @@ class Trainer:
         self.data_fingerprint = hashlib.sha256("\n".join(e.id for e in self.examples).encode()).hexdigest()[:16]
         if s.rollout.backend == "vllm":
             engine_dtype(s.model.dtype)  # a dtype vLLM cannot run here fails before anything is written
-        if self.main:
-            init_output_dir(self.out_dir, s, continues=self.continues)
-        self.acc.wait_for_everyone()
+        self._on_main(lambda: init_output_dir(self.out_dir, s, self.resume_point))
         self.backend = self._make_backend()
+
+    def _on_main(self, fn: Callable[[], Any], *, share: bool = False) -> Any:
+        """Run ``fn`` on the main process (the one that reads and writes the run directory) and
+        wait for it; its error (bad input, a write the OS refused) is raised on every process, so
+        all stop together and none waits in a collective the main one left. ``share``: every
+        process returns the main one's value."""
+        error, value = None, None
+        if self.main:
+            try:
+                value = fn()
+            except (SteerError, WriteError) as err:
+                error = err
+        if self.world > 1:
+            error, value = broadcast_object_list([error, value if share else None], from_process=0)
+        if error is not None:
+            raise error
+        return value
 
     def _lock_output_dir(self) -> None:
         """One writer per run directory: the main process locks it for the whole run, before
         anything in it is read, written or cleared; the others learn whether it could."""
-        error = None
-        if self.main:
-            try:
-                self._stack.enter_context(hold_dir(self.out_dir, "steer train"))
-            except SteerError as err:
-                error = str(err)
-        if self.world > 1:
-            box = broadcast_object_list([error], from_process=0)
-            error = box[0]
-        if error:
-            raise SteerError(error)
+        self._on_main(lambda: self._stack.enter_context(hold_dir(self.out_dir, "steer train")))
 
     def _make_backend(self) -> Any:
         if self.s.rollout.backend == "hf":
@@ -429,27 +436,28 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         model_state, optim_state = self._gathered(optimizer=True)
-        if self.main:
+
+        def save() -> None:
             save_checkpoint(self.out_dir, step, self.trainable, self.optimizer, self.scheduler,
                             self._trainer_state(step), vectors_meta=self.vectors_meta(step),
                             tokenizer=self.tokenizer, model_state=model_state, optimizer_state=optim_state)
             prune_checkpoints(self.out_dir, self.s.train.keep_last)
-        self.acc.wait_for_everyone()
+
+        self._on_main(save)
 
     def _save_final(self, step: int) -> Path:
         final = self.out_dir / "final"
         model_state, _ = self._gathered(optimizer=False)
-        if self.main:
-            save_final(self.out_dir, step, self.trainable, self._trainer_state(step),
-                       vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer, model_state=model_state)
-        self.acc.wait_for_everyone()
+        self._on_main(lambda: save_final(self.out_dir, step, self.trainable, self._trainer_state(step),
+                                         vectors_meta=self.vectors_meta(step), tokenizer=self.tokenizer,
+                                         model_state=model_state))
         return final
 
     def _resume(self) -> int:
         if self.main:
             remove_partial_checkpoints(self.out_dir)
-        ckpt = latest_checkpoint(self.out_dir)
-        assert ckpt is not None  # check_output_dir made sure (self.continues)
+        ckpt = self.resume_point.checkpoint
+        assert ckpt is not None  # check_output_dir found an intact one (self.continues)
         state = load_checkpoint(ckpt, self.trainable, self.optimizer, self.scheduler, sharded=self.fsdp,
                                 main=self.main)
         if state.get("data_fingerprint") != self.data_fingerprint:
@@ -460,15 +468,25 @@ class Trainer:
         self.nonfinite_total = state.get("nonfinite_total", 0)
         self.consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
         step = int(state["step"])
-        if self.main:
-            truncate_metrics(self.out_dir / "metrics.jsonl", step)
+        self._on_main(lambda: truncate_metrics(self.out_dir / "metrics.jsonl", step))
         return step
 
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> Path | None:
-        with contextlib.ExitStack() as stack:
-            self._stack = stack  # holds the output directory's lock until the run has ended
-            return self._run()
+        try:
+            with contextlib.ExitStack() as stack:
+                self._stack = stack  # holds the output directory's lock until the run has ended
+                return self._run()
+        except WriteError as err:
+            raise err.with_hint(self._write_hint(err)) from None
+
+    def _write_hint(self, err: WriteError) -> str:
+        fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        saved = getattr(self, "_saved_step", None)
+        if saved is None:
+            return f"{fix}, then run the same command with --resume"
+        where = f"it continues from checkpoint-{saved}" if saved else "no checkpoint yet: it starts over"
+        return f"nothing earlier was removed: {fix}, then run the same command with --resume ({where})"
 
     def _run(self) -> Path | None:
         self._setup()
@@ -499,11 +517,10 @@ class Trainer:
                         set_rng_state(rng)
                         self.optimizer.zero_grad(set_to_none=True)
                         self._stop_at(step, dropped=True)
-                    if self.main:
-                        append_jsonl(metrics_path, metrics)
-                        if self.s.train.trackers:
-                            self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                                         step=step + 1)
+                    self._on_main(lambda: append_jsonl(metrics_path, metrics))
+                    if self.main and self.s.train.trackers:
+                        self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                     step=step + 1)
                     display.update(metrics)
                     done = step + 1
                     if done % self.save_every == 0 and done < self.total_steps:

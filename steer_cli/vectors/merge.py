@@ -3,7 +3,9 @@
 Stacking takes row l from the input whose metadata ``layers`` claims layer l (an input without
 that metadata, e.g. an .npy matrix, claims every row). A layer claimed twice is an error (with
 ``mean``, claimants are averaged instead: runs that differ only in seed); a layer nobody claims is
-an error unless ``fill_zeros``. Inputs must agree on shape, base model and place.
+an error unless ``fill_zeros``. Inputs must agree on shape, base model and place. A run stands for
+its final/ (else its latest checkpoint); with ``select="best"`` for the checkpoint whose evaluation
+under <run>/eval/ has the best Average (``report.select``; the paper merges single-layer runs so).
 
 Folding (``fold_to_dir``) writes a stock transformers checkpoint whose logits equal the base model
 plus the vectors; see ``steer_cli.patching.fold`` for which architectures allow it.
@@ -21,9 +23,18 @@ from transformers import AutoConfig
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_dir
 from steer_cli.lock import hold_output
-from steer_cli.models import known_model, load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
+from steer_cli.models import (
+    config_dtype,
+    known_model,
+    load_causal_lm,
+    load_tokenizer,
+    quiet_transformers,
+    resolve_model,
+)
 from steer_cli.patching.archs import locate
 from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
+from steer_cli.report.select import best_checkpoint_of_run
+from steer_cli.runs import is_training_run
 from steer_cli.vectors.extract import Extracted, apply_strength, output_format, read_source, write_output
 from steer_cli.vectors.file import check_fits, unembed_sha256
 
@@ -136,17 +147,39 @@ class MergeResult:
     notes: list[str]
 
 
+def _selected(paths: Sequence[str | Path], select: str | None) -> tuple[list[str | Path], list[str]]:
+    """The inputs, each run replaced by its checkpoint with the best Average for ``select="best"``."""
+    if select in (None, "final"):
+        return list(paths), []
+    if select != "best":
+        raise SteerError(f"--select must be final or best, got {select!r}")
+    chosen: list[str | Path] = []
+    notes = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not (path.is_dir() and is_training_run(path)):
+            raise SteerError(f"--select best picks a checkpoint of a training run, and {path} is not one; "
+                             "pass run directories (or drop --select)")
+        best = best_checkpoint_of_run(path)
+        chosen.append(best.path)
+        notes.append(f"{path}: {best.checkpoint} (Avg. {100 * (best.average or 0.0):.1f} over "
+                     f"{len(best.benchmarks)} benchmark(s), selected on the test set)")
+    return chosen, notes
+
+
 def merge_files(paths: Sequence[str | Path], output: str | Path, *, mean: bool = False, fill_zeros: bool = False,
-                overwrite: bool = False, fmt: str | None = None) -> MergeResult:
-    """Merge vectors files (or runs/checkpoints) into one file at ``output``."""
+                overwrite: bool = False, fmt: str | None = None, select: str | None = None) -> MergeResult:
+    """Merge vectors files (or runs/checkpoints) into one file at ``output``; ``select``: which
+    checkpoint of each run, final (None) or best."""
     output = Path(output).expanduser()
     fmt = output_format(output, fmt)
     with hold_output(output, "steer merge"):
         if output.exists() and not overwrite:
             raise SteerError(f"{output} exists; pass --overwrite to replace it")
-        items = [read_source(p) for p in paths]
+        sources, chosen = _selected(paths, select)
+        items = [read_source(p) for p in sources]
         merged, meta = merge_vectors(items, mean=mean, fill_zeros=fill_zeros)
-        notes = write_output(merged, meta, output, fmt, overwrite=overwrite)
+        notes = chosen + write_output(merged, meta, output, fmt, overwrite=overwrite)
     if fill_zeros:
         missing = [i for i in range(merged.shape[0]) if i not in meta["layers"]]
         if missing:
@@ -212,7 +245,7 @@ def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, 
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     check_fits(item.vectors, num_layers, hidden, source=item.source)
 
-    dtype = getattr(config, "dtype", None) or torch.float32
+    dtype = config_dtype(config) or torch.float32
     dtype_name = str(dtype).replace("torch.", "") if not isinstance(dtype, str) else dtype
     base = load_causal_lm(model, dtype=dtype_name)
     recorded = item.meta.get("unembed_sha256")
