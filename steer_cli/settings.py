@@ -58,7 +58,7 @@ class PromptSettings(_Group):
 
 
 class SteeringSettings(_Group):
-    place: Literal["layer_output", "down_proj_bias"] = Field("layer_output", description="Where the vector is added: end of the decoder layer, or the MLP down_proj output.")
+    place: Literal["layer_output", "down_proj_bias", "attn_input", "attn_output", "mlp_input", "mlp_output"] = Field("layer_output", description="Where the vector is added in each layer: layer_output (end of the decoder layer), down_proj_bias (the MLP down_proj output), mlp_output / attn_output (a block's output, before the residual add), mlp_input / attn_input (a block's input after its norm; the residual stream is untouched).")
     layers: Optional[list[int]] = Field(None, description="Steer only these layer indices (default: all).")
     init_vectors: Optional[str] = Field(None, description="Start from this vectors file instead of zeros.")
 
