@@ -54,6 +54,8 @@ class PromptSettings(_Group):
     system_prompt: Optional[str] = Field(SYSTEM_PROMPT, description="System message for chat templates.")
     format: Optional[str] = Field(None, description="Prompt text with {problem} for the custom template.")
     append_to: bool = Field(False, description="Append 'To' after the generation prompt (reference-code option).")
+    prefill: Optional[str] = Field(None, description="Text appended after the generation prompt, as tokens of its own: the model continues from it (the reference's 'append To' is --prefill To). One token unless prompt.prefill_multi_token.")
+    prefill_multi_token: bool = Field(False, description="Allow a prefill of more than one token.")
     stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion, besides the tokenizer's and the model's EOS.")
 
 

@@ -103,15 +103,17 @@ def _find_work(settings: Settings, plans: Sequence[_Plan], benches: Sequence[Ben
 class _Inputs:
     models: EvalModels
     stop_ids: tuple[int, ...]
-    prompts: dict[str, list[list[int]]]
+    prompts: dict[Optional[str], dict[str, list[list[int]]]]  # per prefill (None: none), per benchmark
     scorer: Optional[Any] = None  # eval.reward's RewardScorer
-    per_budget: dict[tuple[Optional[int], Optional[int]], dict[str, BenchInputs]] = field(default_factory=dict)
+    per_budget: dict[tuple[Any, ...], dict[str, BenchInputs]] = field(default_factory=dict)
 
-    def bench_inputs(self, proto: Protocol, benches: Sequence[BenchmarkData]) -> dict[str, BenchInputs]:
-        key = (proto.max_new_tokens, proto.max_seq_length)
+    def bench_inputs(self, proto: Protocol, benches: Sequence[BenchmarkData],
+                     prefill: Optional[str] = None) -> dict[str, BenchInputs]:
+        key = (prefill, proto.max_new_tokens, proto.max_seq_length)
         if key not in self.per_budget:
-            self.per_budget[key] = {b.name: BenchInputs.build(b.problems, self.prompts[b.name], max_new_tokens=key[0],
-                                                              max_seq_length=key[1]) for b in benches}
+            prompts = self.prompts[prefill]
+            self.per_budget[key] = {b.name: BenchInputs.build(b.problems, prompts[b.name], max_new_tokens=key[1],
+                                                              max_seq_length=key[2]) for b in benches}
         return self.per_budget[key]
 
 
@@ -135,9 +137,13 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
     m, p = settings.model, settings.prompt
     tokenizer = load_tokenizer(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
     stop_ids = completion_stop_ids(tokenizer, p.stop, m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    prompts = {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
-                                      fmt=p.format, append_to=p.append_to) for x in b.problems]
-               for b in benches}
+    # A prefill is the targets' own (prompt.prefill, or a study's reference line), checked here,
+    # before anything is written.
+    prompts = {prefill: {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
+                                                fmt=p.format, append_to=p.append_to, prefill=prefill,
+                                                prefill_multi_token=p.prefill_multi_token) for x in b.problems]
+                         for b in benches}
+               for prefill in dict.fromkeys(plan.target.prefill for plan in plans)}
     scorer = None
     if settings.eval.reward is not None:
         from steer_cli.evaluate.rewards import RewardScorer
@@ -145,7 +151,9 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
         scorer = RewardScorer(settings, tokenizer)
         stack.callback(scorer.close)
         scorer.check(benches[0].problems[0])  # a broken plug-in fails before anything is written
-    return _Inputs(EvalModels(settings, tokenizer), tuple(stop_ids), prompts, scorer)
+    models = EvalModels(settings, tokenizer, places=tuple(dict.fromkeys(p.vectors.place for p in plans if p.vectors)))
+    stack.callback(models.close)  # the vLLM engine the base and steering targets share
+    return _Inputs(models, tuple(stop_ids), prompts, scorer)
 
 
 def _init(settings: Settings, plans: Sequence[_Plan], benches: Sequence[BenchmarkData], reporter: Reporter) -> None:
@@ -156,7 +164,7 @@ def _init(settings: Settings, plans: Sequence[_Plan], benches: Sequence[Benchmar
             "kind": TARGET_KIND, "format_version": FORMAT_VERSION, "label": t.label,
             "setup": t.setup, "model": t.model,
             "vectors": abs_path(t.vectors), "adapter": abs_path(t.adapter), "run": abs_path(t.run),
-            "checkpoint": t.checkpoint,
+            "checkpoint": t.checkpoint, "prefill": t.prefill,
             "identity": plan.ident,
         })
         for b in benches:
@@ -233,7 +241,8 @@ class _Merger:
     def _summarise(self, ti: int) -> None:
         plan = self.plans[ti]
         summary = build_summary(plan.target, self.s, plan.proto, self.benches, self.matrices[ti], self.rewards[ti],
-                                processes=self.world, wall_seconds=time.perf_counter() - self.started)
+                                processes=self.world, wall_seconds=time.perf_counter() - self.started,
+                                vectors_place=plan.vectors.place if plan.vectors else None)
         atomic_write_json(plan.target.output_dir / "summary.json", summary)
         self.reporter.say(f"{plan.target.label}: results in {plan.target.output_dir}")
         self.summaries[ti] = summary
@@ -315,7 +324,7 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
             sampling = SamplingSpec(n=1, temperature=proto.temperature, top_p=proto.top_p, top_k=-1,
                                     stop_token_ids=inputs.stop_ids)
             with inputs.models.backend(plan.target, plan.vectors) as backend:
-                run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches), sampling,
+                run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches, plan.target.prefill), sampling,
                            plan.target.output_dir, written=lambda shard: merger.poll() if merger else None,
                            scorer=inputs.scorer)
         return merger.wait() if merger is not None else []
