@@ -10,9 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import torch
+from peft import PeftModel
+from transformers import AutoConfig
+
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.targets import Target
+from steer_cli.models import load_causal_lm, quiet_transformers, resolve_model
+from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
+from steer_cli.patching.steering import attach_steering
+from steer_cli.patching.strength import kept_layers, scaled_vectors
+from steer_cli.rollout.hf import HFBackend
 from steer_cli.settings import Settings
+from steer_cli.vectors.file import check_fits, load_vectors
 
 
 @dataclass
@@ -25,9 +35,6 @@ class LoadedVectors:
 
 def model_dims(settings: Settings, name: Optional[str] = None) -> tuple[int, int]:
     """(num_layers, hidden_size) from the model's config, without loading weights."""
-    from transformers import AutoConfig
-
-    from steer_cli.models import quiet_transformers, resolve_model
 
     quiet_transformers()
     path = resolve_model(name or settings.model.name)
@@ -47,9 +54,6 @@ def model_dims(settings: Settings, name: Optional[str] = None) -> tuple[int, int
 
 def load_target_vectors(path: Path, settings: Settings, dims: tuple[int, int]) -> LoadedVectors:
     """Read a vectors file and check it fits the model (both shapes named if not)."""
-    import torch
-
-    from steer_cli.vectors import check_fits, load_vectors
 
     tensor, meta = load_vectors(path)
     check_fits(tensor, dims[0], dims[1], source=path)
@@ -80,13 +84,9 @@ class EvalModels:
             engine.close()
 
     def _device(self) -> str:
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _load(self, name: str) -> Any:
-        from steer_cli.models import load_causal_lm
-
         m = self.s.model
         return load_causal_lm(name, dtype=m.dtype, device=self._device(), revision=m.revision,
                               trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
@@ -101,14 +101,11 @@ class EvalModels:
         if self.s.rollout.backend == "vllm":
             yield from self._vllm(target, vectors)
             return
-        from steer_cli.rollout.hf import HFBackend
 
         batch = self.s.rollout.batch_prompts
         if target.setup == "base":
             yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
         elif target.setup == "steering":
-            from steer_cli.patching.steering import attach_steering
-
             assert vectors is not None
             handle = attach_steering(self._base_model(), vectors.tensor, layers=vectors.layers,
                                      place=vectors.place, trainable=False, scale=target.scale,
@@ -118,8 +115,6 @@ class EvalModels:
             finally:
                 handle.remove()
         elif target.setup == "lora":
-            from peft import PeftModel
-
             model = PeftModel.from_pretrained(self._base_model(), str(target.adapter), is_trainable=False)
             model.eval()
             self._base = None  # the adapter's layers now live in the base model's modules
@@ -137,21 +132,15 @@ class EvalModels:
                 del model
 
     def _vllm(self, target: Target, vectors: Optional[LoadedVectors]) -> Iterator[Any]:
-        from steer_cli.models import resolve_model
-
         make_eval_backend = vllm_factory()
 
         tensor = None
         if vectors is not None:
-            from steer_cli.strength import kept_layers, scaled_vectors
-
             # the engine adds every row: those of unsteered (or left-out) layers must be zero
             kept = kept_layers(vectors.layers, target.layers, vectors.tensor.shape[0])
             tensor = scaled_vectors(vectors.tensor, target.scale, kept)
         model_path = str(target.weights) if target.weights else resolve_model(self.s.model.name)
         if target.adapter is None and target.weights is None:
-            import torch
-
             engine = self._shared_engine(model_path, vectors.place if vectors is not None else None)
             if tensor is None:  # the base model: no vector anywhere
                 tensor = torch.zeros(engine.num_layers, engine.hidden_size)
@@ -169,8 +158,8 @@ class EvalModels:
                 if close:
                     close()
 
-
     def _shared_engine(self, model_path: str, place: Optional[str]) -> Any:
+        make_eval_backend = vllm_factory()
         """The engine of base and steering targets: started once, restarted only for a place it lacks."""
         engine = self._engine
         if engine is not None and (self._engine_path != model_path or (place and place not in engine.places)):
@@ -178,7 +167,7 @@ class EvalModels:
             engine = None
         if engine is None:
             places = tuple(dict.fromkeys([p for p in (place, *self.places) if p] or ["layer_output"]))
-            engine = vllm_factory()(self.s, model_path, place=places[0], places=places[1:])
+            engine = make_eval_backend(self.s, model_path, place=places[0], places=places[1:])
             self._engine, self._engine_path = engine, model_path
         return engine
 
@@ -187,11 +176,8 @@ def plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:
     """vLLM puts an adapter on the original weights. Training writes PiSSA adapters converted
     for that; an unconverted one (saved as trained, for W - B0 A0) is converted here, on a CPU
     copy of the base model. (The hf backend loads either kind as it is: peft reruns PiSSA.)"""
-    from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
-
     if not is_pissa_adapter(adapter):
         return str(adapter)
-    from steer_cli.models import load_causal_lm
 
     m = settings.model
     base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
@@ -202,6 +188,7 @@ def plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:
 def vllm_factory() -> Callable[..., Any]:
     """``steer_cli.rollout.factory.make_eval_backend(settings, model_path, vectors=, adapter=)``."""
     try:
+        # lazy: the vLLM backend is an optional extra; its absence is a one-line error here
         from steer_cli.rollout.factory import make_eval_backend
     except ImportError as err:
         raise SteerError(f"vLLM backend not available ({err}); use --backend hf") from None

@@ -12,6 +12,7 @@ from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.benchmarks import BenchmarkData
 from steer_cli.evaluate.targets import Target
+from steer_cli.rewards.plugins import parse_reward, reward_sha256
 from steer_cli.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,8 +105,6 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
     if target.prefill is not None:
         ident["prefill"] = target.prefill
     if settings.eval.reward is not None:
-        from steer_cli.reward_plugins import parse_reward, reward_sha256
-
         spec = parse_reward(settings.eval.reward)
         ident["reward"] = spec.text
         ident["reward_sha256"] = reward_sha256(spec)

