@@ -256,9 +256,11 @@ def evaluate(
     fields: Optional[FieldMap] = None,
     interactive: Optional[bool] = None,
     coord: Optional[Coordinator] = None,
+    kept_in: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each target on every benchmark and seed; returns the summaries (also written) on
-    the main process, an empty list on the others.
+    the main process, an empty list on the others. ``kept_in`` names where finished results are
+    kept in the stop message (default: the output directories).
 
     Everything is checked (benchmarks, data, vectors shapes, output directories, prompts) on every
     process before anything is written; finished (benchmark, seed) files and finished shards from
@@ -272,7 +274,8 @@ def evaluate(
         stack.enter_context(StopSignals(
             settings.train.preempt_save_timeout, "the evaluation did not stop within train.preempt_save_timeout; "
             "finished results are kept: run the same command to continue",
-            interrupt=f"finished results in {', '.join(map(str, outs))} are kept: run the same command to continue"))
+            interrupt=f"finished results in {kept_in or ', '.join(map(str, outs))} are kept: run the same command "
+                      "to continue"))
 
         def lock() -> None:  # the main process writes the directories: it holds them
             if coord.main:
