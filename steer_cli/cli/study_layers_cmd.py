@@ -24,6 +24,7 @@ def layers_command(
     prefill: Optional[str] = typer.Option(None, "--prefill", help="Reference line: the base model with this text "
                                                                   "after the generation prompt (the reference's "
                                                                   "'Append To'). " + doc("prompt.prefill")),
+    prefill_multi_token: bool = typer.Option(False, "--prefill-multi-token", help=doc("prompt.prefill_multi_token")),
     model: Optional[str] = typer.Option(None, "--model", help=doc("model.name") + " Default: the runs' model."),
     *,
     opts: dict[str, Any],
@@ -31,7 +32,7 @@ def layers_command(
     """Accuracy by layer of single-layer runs, beside the base model, the all-layer run and a prefill baseline."""
     from steer_cli.cli.study_common import flags_of, run_study
 
-    flags = flags_of(opts, model)
+    flags = dict(flags_of(opts, model), **{"prompt.prefill_multi_token": prefill_multi_token or None})
 
     def body(coord: Any) -> Optional[tuple[dict[str, Any], Path]]:
         from steer_cli.cli.study_common import fields_of, interactive, study_dir, study_settings
