@@ -147,6 +147,7 @@ class EvalModels:
             engine.set_vectors(tensor, place=vectors.place if vectors is not None else None)
             yield engine
             return
+        self.close()  # one engine at a time: the shared one goes before an adapter's or a checkpoint's
         with tempfile.TemporaryDirectory(prefix="steer-eval-lora-") as tmp:
             adapter = plain_adapter(self.s, target.adapter, Path(tmp)) if target.adapter else None
             backend = make_eval_backend(self.s, model_path, vectors=tensor, adapter=adapter,
