@@ -1,7 +1,10 @@
 """Write the paper's presets under steer_cli/presets/ from the tables below (the fact sheet's).
 
 Run `python scripts/make_presets.py` after editing a table; the YAML files are committed.
-Sources: ../shared/reference/reference-implementation.md sections 1a-1c and the paper's Table 6.
+Sources: ../shared/reference/reference-implementation.md sections 1a-1c, the paper's Table 6, and
+the reference's configs and helpers/merge_vectors_from_layers.py (single-layer learning rates).
+tests/test_preset_budgets.py checks the resulting lengths, generations and evaluation protocol
+against the reference's config files (tests/fixtures/reference_budgets.yaml).
 """
 
 from __future__ import annotations
@@ -35,20 +38,29 @@ DEEPSCALER = {
     "qwen2.5-7b-instruct": {"steering": (1e-3, 16), "lora": (1e-4, 16, "pissa"), "lora-r1": (5e-4, 16, "pissa"), "full": (1e-6, 16)},
     "qwen2.5-14b": {"steering": (5e-4, 16), "lora": (5e-4, 16, "pissa"), "lora-r1": (5e-4, 16, "pissa"), "full": (1e-6, 16)},
     "llama3.1-8b": {"steering": (3e-4, 64), "lora": (1e-4, 32), "lora-r1": (5e-4, 64), "full": (1e-6, 64)},
-    "llama3.1-8b-instruct": {"steering": (8e-5, 16), "lora": (5e-5, 16), "lora-r1": (8e-5, 16), "full": (1e-6, 16)},
+    "llama3.1-8b-instruct": {"steering": (8e-5, 16), "lora": (5e-5, 16), "lora-r1": (1e-4, 16), "full": (1e-6, 16)},
     "olmo2-7b-sft": {"steering": (5e-5, 16), "lora": (1e-4, 16), "lora-r1": (3e-4, 16), "full": (1e-6, 16)},
 }
 NOTES = {
     ("llama3.1-8b", "lora"): "The reference config uses the qwen_math template for this one setup.",
-    ("llama3.1-8b-instruct", "lora-r1"): "The config says LR 8e-5; the reference results paths say 1e-4.",
+    ("llama3.1-8b-instruct", "lora-r1"): ("LR 1e-4: the run behind Table 1 (the reference's results path\n"
+                                           "# reads seed-0_lr-0.0001); its config file says 8e-5."),
     ("olmo2-7b-sft", "*"): "The reference OLMo2 configs leave the template unset and add the vector as a down_proj bias.",
 }
 
-# Single-layer steering LRs for Qwen2.5-Math-7B (helpers/merge_vectors_from_layers.py).
-SINGLE_LAYER_LR = {0: 3e-3, 2: 5e-3, 18: 3e-2, 19: 5e-2, 20: 5e-2}
-SINGLE_LAYER_LR.update({i: 7e-3 for i in (1, 3, 4, 5, 6, 7)})
-SINGLE_LAYER_LR.update({i: 1e-2 for i in (*range(8, 18), 23, 24)})
-SINGLE_LAYER_LR.update({i: 0.1 for i in (21, 22, 25, 26, 27)})
+# Single-layer steering LRs (the lr-... of each run path in helpers/merge_vectors_from_layers.py):
+# model dir -> {layer: lr}, one run per layer.
+QWEN_MATH_7B_LR = {0: 3e-3, 2: 5e-3, 18: 3e-2, 19: 5e-2, 20: 5e-2}
+QWEN_MATH_7B_LR.update({i: 7e-3 for i in (1, 3, 4, 5, 6, 7)})
+QWEN_MATH_7B_LR.update({i: 1e-2 for i in (*range(8, 18), 23, 24)})
+QWEN_MATH_7B_LR.update({i: 0.1 for i in (21, 22, 25, 26, 27)})
+LLAMA_8B_IT_LR = {i: 5e-4 for i in range(4)}
+LLAMA_8B_IT_LR.update({i: 7e-4 for i in range(4, 8)})
+LLAMA_8B_IT_LR.update({i: 1e-3 for i in (8, 9, 10, 12, 14)})
+LLAMA_8B_IT_LR.update({i: 2e-3 for i in (11, 13, *range(15, 25))})
+LLAMA_8B_IT_LR.update({i: 5e-3 for i in (25, 26, 27, 28, 31)})
+LLAMA_8B_IT_LR.update({i: 7e-3 for i in (29, 30)})
+SINGLE_LAYER_LR = {"qwen2.5-math-7b": QWEN_MATH_7B_LR, "llama3.1-8b-instruct": LLAMA_8B_IT_LR}
 
 # GSM8K / MATH (paper Table 6: lr, num_generations; fact sheet 1c: epochs, micro-batch).
 TABLE6 = {
@@ -182,8 +194,12 @@ train:
     write("_base/gsm8k_math", """\
 # GSM8K / MATH training (fact sheet 1c, paper Table 6): group-mean advantage without std scaling,
 # per-token k3 KL with coefficient 0.01, 1024-token sequences, mean@8 evaluation.
-# Used through include:, e.g. `steer train --preset qwen2.5-1.5b/gsm8k/steering`.
+# Used through include:, after _models/<model> (its DeepScaleR lengths give way to these), e.g.
+# `steer train --preset qwen2.5-1.5b/gsm8k/steering`.
 # The number of prompts per step is not recorded; 128 matches the DeepScaleR runs.
+# The reference evaluates inside training, under the training config: 1024-token context, T = 1.0,
+# 8 samples per problem on 500 problems drawn with seed 0 (subsample_ds_seed); the Base row of
+# Table 4 is its step-0 evaluation, so the base model is sampled exactly like the trained ones.
 include: _base/paper
 train:
   prompts_per_step: 128
@@ -193,8 +209,11 @@ rollout:
   max_seq_length: 1024
   max_new_tokens: 1024
 eval:
+  benchmarks: [gsm8k, math500]
+  temperature: 1.0
   samples: 8
   limit: 500
+  subset_seed: 0
   max_seq_length: 1024
   mean_k: 8
 """)
@@ -241,13 +260,14 @@ eval:
             if init:
                 text += f"setup:\n  lora:\n    init: {init}\n"
             write(name, text)
-    for layer, lr in sorted(SINGLE_LAYER_LR.items()):
-        name = f"qwen2.5-math-7b/deepscaler/steering-layer-{layer}"
-        write(name, f"""\
+    for model, lrs in SINGLE_LAYER_LR.items():
+        for layer, lr in sorted(lrs.items()):
+            name = f"{model}/deepscaler/steering-layer-{layer}"
+            write(name, f"""\
 # steer train --preset {name}
-# One steering vector at layer {layer} only (helpers/merge_vectors_from_layers.py's learning rate);
-# stack the 28 single-layer runs with `steer merge`.
-include: qwen2.5-math-7b/deepscaler/steering
+# One steering vector, at layer {layer} of {MODELS[model][0]} only; the learning rate is
+# helpers/merge_vectors_from_layers.py's. Stack the {len(lrs)} single-layer runs with `steer merge`.
+include: {model}/deepscaler/steering
 setup:
   steering:
     layers: [{layer}]
@@ -263,7 +283,7 @@ train:
                 write(name, f"""\
 # {cmd}
 # {MODELS[model][0]} on {dataset.upper()}, {setup}: paper Table 6 (lr, generations), fact sheet 1c.
-include: [_base/gsm8k_math, _models/{model}, _base/setup-{setup}]
+include: [_models/{model}, _base/gsm8k_math, _base/setup-{setup}]
 data:
   dataset: {dataset}
 train:
@@ -272,10 +292,6 @@ train:
   micro_batch_size: {spec['micro']}
 rollout:
   num_generations: {spec['n']}
-  max_seq_length: 1024
-  max_new_tokens: 1024
-eval:
-  benchmarks: [gsm8k, math500]
 """)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging as hf_logging
@@ -96,9 +97,29 @@ def pick_dtype(dtype: str, device: Any, config: Any = None) -> Any:
         return getattr(torch, dtype)
     if getattr(device, "type", str(device)) != "cuda":
         return torch.float32
-    own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    own = config_dtype(config)
     own = getattr(torch, own) if isinstance(own, str) and hasattr(torch, own) else own
     return own if own in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def dtype_field() -> str:
+    """What the installed transformers calls a model's dtype: the ``from_pretrained`` /
+    ``from_config`` keyword, the config attribute and its config.json key. 4.56 renamed
+    ``torch_dtype`` to ``dtype``; older releases hand an unknown ``dtype`` keyword on to the model
+    class (a TypeError) and cannot serialise a ``dtype`` attribute, newer ones warn about
+    ``torch_dtype``."""
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """``{"dtype": dtype}`` (``torch_dtype`` before transformers 4.56) for ``from_pretrained``."""
+    return {dtype_field(): dtype}
+
+
+def config_dtype(config: Any) -> Any:
+    """A config's dtype (a torch dtype or its name, None if unset) under either name."""
+    return getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
 
 
 def quiet_transformers() -> None:
@@ -148,7 +169,7 @@ def load_causal_lm(
     path = resolve_model(name)
     config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,
-                              "dtype": pick_dtype(dtype, torch.device(device), config)}
+                              **dtype_kwarg(pick_dtype(dtype, torch.device(device), config))}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

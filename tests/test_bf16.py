@@ -85,7 +85,8 @@ def test_each_setup_trains_and_evaluates_in_bf16(setup, extra, tmp_path):
     assert len(metrics) == 2 and all(m["skipped_nonfinite"] == 0 for m in metrics)
     if setup == "full":
         config = json.loads((out / "final" / "model" / "config.json").read_text())
-        assert config["dtype"] == "float32"  # the master weights, not their bf16 copies
+        # the master weights, not their bf16 copies (the key is torch_dtype before transformers 4.56)
+        assert config.get("dtype", config.get("torch_dtype")) == "float32"
     result = runner.invoke(app, ["eval", str(out), "--limit", "4", "--output-dir", str(tmp_path / f"eval-{setup}"),
                                  *BF16])
     assert result.exit_code == 0, result.output

@@ -135,7 +135,7 @@ def test_hub_id_and_errors(monkeypatch, tmp_path):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_train_set("someone/their-set") == ([Problem("someone/their-set:0", "q", "12")], 0)
-    with pytest.raises(SteerError, match="could not load training set openai/gsm8k \\(main\\)"):
+    with pytest.raises(SteerError, match="could not load training set ummagumm-a/cot-free-dataset_dedup, split train"):
         load_train_set("gsm8k")
     with pytest.raises(SteerError, match="did you mean 'deepscaler'"):
         load_train_set("deepscale")
@@ -147,8 +147,9 @@ def test_hub_id_and_errors(monkeypatch, tmp_path):
 
 def test_named_sets_table():
     assert TRAIN_SETS["deepscaler"].hub_id == "agentica-org/DeepScaleR-Preview-Dataset"
-    assert (TRAIN_SETS["gsm8k"].hub_id, TRAIN_SETS["gsm8k"].config) == ("openai/gsm8k", "main")
-    assert TRAIN_SETS["math"].fields == FieldMap("problem", "solution", answer_kind="boxed_in")
+    # Table 4's runs: the reference's one set, its rows of each source (tests/test_table4_data.py).
+    assert (TRAIN_SETS["gsm8k"].hub_id, TRAIN_SETS["gsm8k"].config) == ("ummagumm-a/cot-free-dataset_dedup", None)
+    assert TRAIN_SETS["math"].fields == FieldMap("problem", "answer") and TRAIN_SETS["math"].source == "math"
 
 
 def test_rows_to_problems_answer_kinds():

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.lens import logit as lens
-from steer_cli.lens.tokens import TokenRenderer
 from steer_cli.lens import unembed as lens_unembed
+from steer_cli.lens.tokens import TokenRenderer
 from steer_cli.lens.unembed import load_unembedding
 from steer_cli.vectors.file import save_vectors, unembed_sha256
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
+from steer_cli.models import dtype_kwarg
 from steer_cli.patching.fold import fold_vectors
 from steer_cli.patching.steering import attach_steering
 from steer_cli.vectors.file import load_vectors, save_vectors
@@ -159,7 +160,7 @@ def test_folded_checkpoint_loads_stock_and_equals_the_steered_model(tmp_path, mo
 
     folded = fold_vectors(model, vectors, place, layers=layers)
     folded.save_pretrained(tmp_path / "folded")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "folded", dtype=torch.float32).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "folded", **dtype_kwarg(torch.float32)).eval()
     with torch.no_grad():
         got = reloaded(ids).logits
         torch.testing.assert_close(model(ids).logits, base_logits)  # the input model is unchanged
@@ -215,7 +216,7 @@ def test_fold_cli_writes_a_stock_checkpoint(tmp_path, tiny_lm):
     ids = sample_ids(vocab=200)
     with torch.no_grad(), attach_steering(base, vectors, place="layer_output", trainable=False):
         want = base(ids).logits
-    got = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()(ids).logits
+    got = AutoModelForCausalLM.from_pretrained(out, **dtype_kwarg(torch.float32)).eval()(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
     one_line_error(invoke("merge", "--fold", "--vectors", vfile, "-o", out), "--overwrite")

@@ -133,3 +133,22 @@ def test_unknown_place_is_refused():
 
     with pytest.raises(SteerError, match="unknown steering place 'residual'"):
         attach_steering(make_model("qwen2"), place="residual")
+
+
+@pytest.mark.parametrize("place", ["attn_input", "mlp_input", "attn_output"])
+def test_bank_rows_at_a_place_equal_each_vector_alone(place):
+    """The per-row vector bank works at every place: row b steered by entry idx[b] equals the batch
+    steered by that entry's vectors."""
+    model = make_model("qwen2")
+    a, b = one_row(model, 1, seed=1), one_row(model, 2, seed=2)
+    ids = sample_ids()
+    with attach_steering(model, place=place, trainable=False) as handle:
+        with handle.using_bank(torch.stack([a, b]), torch.tensor([1, 0])):
+            banked = logits(model, ids)
+    torch.testing.assert_close(banked[0], steered_one(model, b, place, ids[:1])[0])
+    torch.testing.assert_close(banked[1], steered_one(model, a, place, ids[1:])[0])
+
+
+def steered_one(model, vectors, place, ids):
+    with attach_steering(model, vectors, place=place, trainable=False):
+        return logits(model, ids)

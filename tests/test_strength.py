@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
+from steer_cli.models import dtype_kwarg
 from steer_cli.patching.steering import attach_steering
 from steer_cli.patching.strength import (
     describe,
@@ -191,7 +192,7 @@ def test_fold_with_scale_and_layers_equals_the_scaled_steered_model(tmp_path, ti
     out = tmp_path / "folded"
     result = invoke("merge", "--fold", "--vectors", vfile, "-o", out, "--scale", "0.25", "--layers", "1")
     assert result.exit_code == 0, result.output
-    folded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    folded = AutoModelForCausalLM.from_pretrained(out, **dtype_kwarg(torch.float32)).eval()
     with torch.no_grad():
         got = folded(IDS).logits
     torch.testing.assert_close(got, _logits(model, IDS, vectors=v, scale=0.25, subset=[1]), rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from steer_cli.errors import SteerError
+from steer_cli.models import dtype_kwarg
 from steer_cli.rollout.base import SamplingSpec
 
 pytestmark = pytest.mark.vllm
@@ -57,7 +58,7 @@ def save_model(path, arch: str = "qwen2", seed: int = 0):
         # Wider than the default 0.02: peaked logits, so greedy argmaxes are not near-ties.
         initializer_range=0.1,
     )
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(config, **dtype_kwarg(torch.float32)).eval()
     model.save_pretrained(path)
     save_tokenizer(path)
     return model
@@ -253,7 +254,7 @@ def save_adapter(base_path, out, seed: int):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, **dtype_kwarg(torch.float32))
     peft_model = get_peft_model(base, LoraConfig(
         r=8, lora_alpha=16, lora_dropout=0.0,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -372,7 +373,7 @@ def test_pissa_lora_engine_samples_from_the_trained_policy(tiny):
         "rollout": {"backend": "vllm", "max_new_tokens": 12, "max_seq_length": 256,
                     "vllm": {"kv_cache_memory_bytes": KV_BYTES, "enforce_eager": True, "gpu_memory_utilization": 0.1}},
     }, "test")])
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, **dtype_kwarg(torch.float32)).eval()
     trainable = prepare_setup(model, "lora", lora_rank=4, lora_alpha=4, lora_init="pissa")
     engine = make_vllm_backend(settings, trainable, max_prompt_len=max(len(p) for p in PROMPTS))
     try:

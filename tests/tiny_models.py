@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from steer_cli.models import dtype_kwarg
+
 COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
               num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
               pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -41,7 +43,7 @@ def make_model(model_type: str, seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     config = make_config(model_type, **overrides)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, **dtype_kwarg(torch.float32))
     # Random init of biases/norms so "zero" and "identity" parts do not hide mistakes.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -98,7 +100,7 @@ def save_tiny_lm(path, model_type: str = "qwen2", seed: int = 0, chat_template: 
 
     torch.manual_seed(seed)
     config = AutoConfig.for_model(model_type, **kwargs)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, **dtype_kwarg(torch.float32))
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from steer_cli.errors import SteerError
-from steer_cli.models import quiet_transformers, resolve_model
+from steer_cli.models import dtype_kwarg, quiet_transformers, resolve_model
 
 RANDOM_PREFIX = "random-"
 # Qwen2-shaped random models: name -> config overrides.
@@ -91,7 +91,7 @@ def materialize_model(name: str, workdir: Path, seed: int = 0, *, layers: int | 
         # Built in the dtype it will be loaded in: a 7B-wide model in float32 is 4 bytes a parameter.
         # Random initialisation of a billion parameters takes minutes on a CPU, a second on a GPU.
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+            model = AutoModelForCausalLM.from_config(config, **dtype_kwarg(getattr(torch, dtype)))
         model.save_pretrained(path)
         del model
     return str(path)

@@ -22,6 +22,7 @@ from transformers import GenerationConfig
 from steer_cli.bench.config import BenchConfig
 from steer_cli.patching.setups import prepare_setup
 from steer_cli.patching.steering import attach_steering
+from steer_cli.rollout.hf import generate_exactly
 from steer_cli.rollout.vllm import VLLMBackend
 from steer_cli.train import batch
 from steer_cli.train.update import accumulate_policy_gradients
@@ -207,7 +208,7 @@ def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> 
             sync(device)
             t0 = time.perf_counter()
             with torch.no_grad():
-                base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+                generate_exactly(base, gen, input_ids=ids, attention_mask=torch.ones_like(ids))
             sync(device)
             return time.perf_counter() - t0
         finally:

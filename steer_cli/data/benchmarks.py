@@ -13,6 +13,7 @@ import datasets
 
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, guess_fields, rows_to_problems
+from steer_cli.data.subsets import random_subset
 from steer_cli.errors import SteerError
 
 
@@ -161,11 +162,13 @@ def load_benchmark(
     *,
     limit: int | None = None,
     fields: FieldMap | None = None,
+    subset_seed: int | None = None,
 ) -> list[Problem]:
     """Every problem of a benchmark, each with a non-empty answer (any bad row is an error).
 
     ``name`` is a registry name (read from ``data_dir/<name>/test.jsonl`` and friends when
-    ``data_dir`` is given, else from the hub) or a path to a data file or directory.
+    ``data_dir`` is given, else from the hub) or a path to a data file or directory. ``limit``
+    keeps the first N problems, or with ``subset_seed`` N drawn at random (``data.subsets``).
     """
     if limit is not None and limit < 1:
         raise SteerError(f"limit must be a positive number of problems, got {limit}")
@@ -181,7 +184,9 @@ def load_benchmark(
         else:
             problems = _convert(_hub_rows(bench.hub, bench.name), fields or bench.hub.fields,
                                 source=bench.name, where=bench.hub.path)
-    return problems if limit is None else problems[:limit]
+    if limit is None:
+        return problems
+    return problems[:limit] if subset_seed is None else random_subset(problems, limit, subset_seed)
 
 
 def local_benchmark_candidates(name: str, data_dir: str | Path) -> list[Path]:

@@ -10,9 +10,9 @@ from typing import Any
 
 import datasets
 
+from steer_cli import demo
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, columns_of, guess_fields, rows_to_problems
-from steer_cli import demo
 from steer_cli.errors import SteerError
 
 
@@ -23,7 +23,12 @@ class TrainSet:
     config: str | None
     split: str
     fields: FieldMap
+    source: str | None = None  # keep only rows whose "source" column holds this
 
+
+# The reference's GSM8K / MATH configs (Table 4) read one hub set, ummagumm-a/cot-free-dataset_dedup,
+# and keep the rows whose source is in train_datasets (the paper: 8,790 GSM8K, 12,000 MATH problems).
+COT_FREE = "ummagumm-a/cot-free-dataset_dedup"
 
 TRAIN_SETS: dict[str, TrainSet] = {
     t.name: t
@@ -31,10 +36,8 @@ TRAIN_SETS: dict[str, TrainSet] = {
         # The fact sheet spells it agentica-org/deep_scale_r-preview-dataset; this is the hub's id.
         TrainSet("deepscaler", "agentica-org/DeepScaleR-Preview-Dataset", None, "train",
                  FieldMap("problem", "answer")),
-        TrainSet("gsm8k", "openai/gsm8k", "main", "train",
-                 FieldMap("question", "answer", answer_kind="gsm8k")),
-        TrainSet("math", "DigitalLearningGmbH/MATH-lighteval", None, "train",
-                 FieldMap("problem", "solution", answer_kind="boxed_in")),
+        TrainSet("gsm8k", COT_FREE, None, "train", FieldMap("problem", "answer"), source="gsm8k"),
+        TrainSet("math", COT_FREE, None, "train", FieldMap("problem", "answer"), source="math"),
     )
 }
 
@@ -70,12 +73,14 @@ def load_train_set(
         spec = TRAIN_SETS[key]
         local = _local_named_file(spec.name, Path(data_dir), split) if data_dir is not None else None
         if local is not None:
-            rows = read_rows(local)
+            # A local file may hold that one set already (no source column) or the whole mix.
+            rows = _of_source(read_rows(local), spec.source, where=str(local), required=False)
             use = (fields or _fields_if_present(spec.fields, rows)
                    or guess_fields(rows, source=str(local)))
             result = _convert(rows, use, source=spec.name, where=str(local))
         else:
             rows = _hub_rows(spec.hub_id, spec.config, split if split != "train" else spec.split)
+            rows = _of_source(rows, spec.source, where=spec.hub_id, required=True)
             result = _convert(rows, fields or spec.fields, source=spec.name, where=spec.hub_id)
     elif isinstance(name_or_path, Path) or is_data_file_name(text) or Path(text).exists():
         result = _load_local(Path(name_or_path), fields, split)
@@ -98,6 +103,22 @@ def _local_named_file(name: str, data_dir: Path, split: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def _of_source(rows: list[dict[str, Any]], source: str | None, *, where: str,
+               required: bool) -> list[dict[str, Any]]:
+    """The rows whose ``source`` column equals ``source``; all rows when ``source`` is None, or
+    when the column is missing and not ``required``."""
+    if source is None or (not required and not any("source" in r for r in rows[:100])):
+        return rows
+    kept = [r for r in rows if r.get("source") == source]
+    if not kept:
+        found = sorted({str(r.get("source")) for r in rows})[:10]
+        raise SteerError(
+            f"{where}: no rows with source {source!r} (sources found: {', '.join(found) or 'none'}); "
+            "give a local .jsonl/.json/.parquet file instead, or --data-dir with <name>/train.jsonl"
+        )
+    return kept
 
 
 def _fields_if_present(fields: FieldMap, rows: list[dict[str, Any]]) -> FieldMap | None:

@@ -46,19 +46,19 @@ def _slug(text: str) -> str:
 
 
 def load_eval_benchmark(name: str, *, data_dir: Optional[str], limit: Optional[int],
-                        fields: Optional[FieldMap] = None) -> BenchmarkData:
+                        fields: Optional[FieldMap] = None, subset_seed: Optional[int] = None) -> BenchmarkData:
     if name == "demo":
         path = demo.DEMO_DATA_DIR / "test.jsonl"
         if not path.is_file():
             raise SteerError(f"the demo test split {path} is missing; reinstall steer-cli")
-        problems = load_benchmark(path, limit=limit)
+        problems = load_benchmark(path, limit=limit, subset_seed=subset_seed)
         return BenchmarkData("demo", DEMO_BENCHMARK.display_name, DEMO_BENCHMARK.samples, problems)
     if name in BENCHMARKS:
         bench = BENCHMARKS[name]
-        problems = load_benchmark(name, data_dir, limit=limit)
+        problems = load_benchmark(name, data_dir, limit=limit, subset_seed=subset_seed)
         return BenchmarkData(name, bench.display_name, bench.samples, problems)
     path = Path(name)
-    problems = load_benchmark(path, limit=limit, fields=fields)
+    problems = load_benchmark(path, limit=limit, fields=fields, subset_seed=subset_seed)
     stem = path.stem if path.stem not in ("test", "train") else path.parent.name
     return BenchmarkData(_slug(stem), stem, 1, problems)
 
@@ -69,7 +69,8 @@ def load_benchmarks(settings: Settings, fields: Optional[FieldMap] = None) -> li
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SteerError(f"data directory {data_dir} does not exist; pass an existing --data-dir "
                          "(holding <benchmark>/test.jsonl) or leave it out to load from the hub")
-    out = [load_eval_benchmark(n, data_dir=data_dir, limit=settings.eval.limit, fields=fields) for n in names]
+    out = [load_eval_benchmark(n, data_dir=data_dir, limit=settings.eval.limit, fields=fields,
+                               subset_seed=settings.eval.subset_seed) for n in names]
     seen: dict[str, str] = {}
     for b, raw in zip(out, names):
         if b.name in seen:

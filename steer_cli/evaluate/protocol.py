@@ -97,7 +97,9 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         # results of older versions do not continue into a directory of these.
         "sampling": None if proto.greedy else "per-sample seeds",
     }
-    # Added only when used, so earlier outputs (scale 1, every layer, no reward) still match.
+    # Added only when used, so earlier outputs (scale 1, every layer, no reward, first N) still match.
+    if settings.eval.subset_seed is not None and settings.eval.limit is not None:
+        ident["subset_seed"] = settings.eval.subset_seed
     if target.scale != 1.0:
         ident["inference_scale"] = target.scale
     if target.layers is not None:

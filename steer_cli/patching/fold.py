@@ -32,6 +32,7 @@ from transformers import LlamaConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from steer_cli.errors import SteerError
+from steer_cli.models import config_dtype, dtype_field
 from steer_cli.patching.archs import arch_for_config, locate
 from steer_cli.patching.steering import PLACES, attach_steering, check_shape
 
@@ -136,7 +137,7 @@ def _llama_config(config: Any, *, attention_bias: bool) -> Any:
         new = LlamaConfig(**fields, head_dim=head_dim, attention_bias=attention_bias, mlp_bias=True)
     except (ValueError, TypeError) as err:
         raise unsupported(config.model_type, f"its config does not convert to LlamaConfig ({err})") from None
-    new.dtype = getattr(config, "dtype", None)
+    setattr(new, dtype_field(), config_dtype(config))
     return new
 
 
@@ -175,7 +176,7 @@ def _rebuild(model: nn.Module, cls: Any, config: Any) -> nn.Module:
     """``cls(config)`` holding ``model``'s tensors; parameters the new config adds are zeros."""
     ref = next(model.parameters())
     config = copy.deepcopy(config)
-    config.dtype = ref.dtype
+    setattr(config, dtype_field(), ref.dtype)
     with init_empty_weights():  # parameters on the meta device; buffers (RoPE) computed for real
         new = cls(config)
     result = new.load_state_dict(model.state_dict(), strict=False, assign=True)

@@ -15,6 +15,29 @@ MLP output goes straight into the residual stream (Llama, Qwen2/3, Mistral, GPT-
 and differ where a norm follows the MLP (Gemma2/3, OLMo2). An input place acts on one branch only
 (the reference's vector on a norm's output). Nothing in the model is replaced: forward hooks (pre-
 hooks for input places) do the adding, so ``remove()`` restores the model exactly.
+
+Vector banks: several sets of vectors on one model, one per row of a batch (several training
+runs in one job, eval grids). A bank is a ``[R, num_layers, hidden]`` tensor, one ``[num_layers,
+hidden]`` matrix per entry (run); a row index (LongTensor ``[B]``) names each row's entry. While a
+bank is set, the hooks add ``bank[idx[b], l]`` to row ``b`` at layer ``l`` instead of
+``handle.vectors[l]``; everything else (places, ``disabled()``, ``remove()``) is unchanged::
+
+    handle = attach_steering(model, layers=union_of_layers, trainable=False)
+    handle.set_bank(bank, layer_mask=mask)   # bank [R, L, d]; mask [R, L] bool: where entry r steers
+    handle.set_row_index(idx)                # LongTensor [B]: the entry of each row of the batch
+    ...generate / forward...
+    with handle.using_bank(bank, idx, layer_mask=mask):   # the same, restored on exit
+        ...
+    handle.set_bank(None)                    # back to handle.vectors
+
+Hooks exist only on ``handle.layers``; ``layer_mask`` (default: every layer) keeps an entry's
+other layers unsteered even where its bank rows are not zero. In passes without autograd the
+bank is cast to the activations' dtype once per ``set_bank`` (call it again after changing the
+bank in place). Gradients: with ``grad_sink`` (a float64 tensor shaped like the bank) a pass
+with autograd adds each row's gradient into ``grad_sink[idx[b], l]`` in backward: positions
+summed in order, then rows in order, each onto what the sink holds, so on CPU an entry's
+gradient does not depend on the other rows of its batches nor on how they were cut into micro-
+batches (``bank_rows_gradient``). Without a sink the add is differentiable in the bank itself.
 """
 
 from __future__ import annotations
@@ -67,6 +90,15 @@ class SteeringHandle:
         # (generation): one cast per update of the vectors instead of one per layer per token.
         self._cast: torch.Tensor | None = None
         self._cast_key: tuple[Any, ...] | None = None
+        # Bank mode (see the module docstring): None when off.
+        self._bank: torch.Tensor | None = None
+        self._bank_mask: torch.Tensor | None = None
+        self._bank_sink: torch.Tensor | None = None
+        self._bank_cast: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._row_index: torch.Tensor | None = None
+        self._row_index_on: dict[Any, torch.Tensor] = {}
+        self._layers_used: list[bool] | None = None  # per layer: does a row of the batch steer it
+        self._anchor = torch.zeros((), requires_grad=True)  # makes a sink pass build a graph
 
     @property
     def num_layers(self) -> int:
@@ -80,7 +112,7 @@ class SteeringHandle:
         if not self._enabled:
             return output
         hidden = output[0] if isinstance(output, tuple) else output
-        steered = hidden + self._vector(index, hidden)
+        steered = self.steer(index, hidden)
         if isinstance(output, tuple):
             return (steered, *output[1:])
         return steered
@@ -92,11 +124,112 @@ class SteeringHandle:
             return None
         if isinstance(kwargs.get("hidden_states"), torch.Tensor):
             hidden = kwargs["hidden_states"]
-            return args, {**kwargs, "hidden_states": hidden + self._vector(index, hidden)}
+            return args, {**kwargs, "hidden_states": self.steer(index, hidden)}
         if args and isinstance(args[0], torch.Tensor):
-            return (args[0] + self._vector(index, args[0]), *args[1:]), kwargs
+            return (self.steer(index, args[0]), *args[1:]), kwargs
         raise SteerError(f"cannot steer the input of layer {index}'s block at {self.place}: it was called "
                          "without a hidden-states tensor")
+
+    def steer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` ([B, T, hidden]) with layer ``index``'s vector added: ``handle.vectors``, or
+        each row's bank entry while a bank is set."""
+        if self._bank is None:
+            return hidden + self._vector(index, hidden)
+        return self._bank_add(index, hidden)
+
+    # -- bank mode ---------------------------------------------------------------------------
+    def set_bank(self, bank: torch.Tensor | None, *, layer_mask: torch.Tensor | None = None,
+                 grad_sink: torch.Tensor | None = None) -> None:
+        """Steer each row with its own entry of ``bank`` ([R, num_layers, hidden]); None: back to
+        ``handle.vectors``. ``layer_mask`` [R, num_layers] bool: the layers each entry steers
+        (default all hooked ones). ``grad_sink`` (float64, the bank's shape): where backward adds
+        each row's gradient (see the module docstring). Call again after changing ``bank`` in place."""
+        if bank is None:
+            self._bank = self._bank_mask = self._bank_sink = self._row_index = None
+            self._bank_cast.clear()
+            self._row_index_on.clear()
+            self._layers_used = None
+            return
+        if bank.dim() != 3 or tuple(bank.shape[1:]) != (self.num_layers, self.hidden_size):
+            raise SteerError(f"a vector bank has shape [entries, {self.num_layers}, {self.hidden_size}], "
+                             f"got {list(bank.shape)}")
+        if layer_mask is not None and tuple(layer_mask.shape) != tuple(bank.shape[:2]):
+            raise SteerError(f"layer_mask has shape {list(layer_mask.shape)}, expected {list(bank.shape[:2])}")
+        if grad_sink is not None and (grad_sink.shape != bank.shape or grad_sink.dtype != torch.float64):
+            raise SteerError(f"grad_sink must be float64 of the bank's shape {list(bank.shape)}")
+        self._bank = bank
+        self._bank_mask = None if layer_mask is None else layer_mask.to(device=bank.device, dtype=torch.bool)
+        self._bank_sink = grad_sink
+        self._bank_cast.clear()
+        self._layers_used = None
+
+    def set_row_index(self, index: torch.Tensor | None) -> None:
+        """The bank entry of each row ([B] integers) of the forward passes that follow."""
+        if index is not None:
+            index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+            if self._bank is not None and index.numel() and not (0 <= int(index.min()) and
+                                                                 int(index.max()) < self._bank.shape[0]):
+                raise SteerError(f"row index names bank entries {sorted(set(index.tolist()))} but the bank "
+                                 f"has {self._bank.shape[0]}")
+        self._row_index = index
+        self._row_index_on.clear()
+        self._layers_used = None
+
+    @contextlib.contextmanager
+    def using_bank(self, bank: torch.Tensor, index: torch.Tensor, *, layer_mask: torch.Tensor | None = None,
+                   grad_sink: torch.Tensor | None = None) -> Iterator["SteeringHandle"]:
+        """``set_bank`` + ``set_row_index`` for the block, then the previous state again."""
+        previous = (self._bank, self._bank_mask, self._bank_sink, self._row_index)
+        self.set_bank(bank, layer_mask=layer_mask, grad_sink=grad_sink)
+        self.set_row_index(index)
+        try:
+            yield self
+        finally:
+            self.set_bank(None)
+            if previous[0] is not None:
+                self.set_bank(previous[0], layer_mask=previous[1], grad_sink=previous[2])
+                self.set_row_index(previous[3])
+
+    def _rows_on(self, device: torch.device, batch: int) -> torch.Tensor:
+        if self._row_index is None:
+            raise SteerError("a vector bank is set but no row index (handle.set_row_index)")
+        if self._row_index.numel() != batch:
+            raise SteerError(f"the row index has {self._row_index.numel()} entries but the batch has {batch} rows")
+        rows = self._row_index_on.get(device)
+        if rows is None:
+            rows = self._row_index_on[device] = self._row_index.to(device)
+        return rows
+
+    def _layer_used(self, index: int) -> bool:
+        if self._layers_used is None:
+            assert self._bank_mask is not None and self._row_index is not None
+            used = self._bank_mask[self._row_index.to(self._bank_mask.device)].any(0)
+            self._layers_used = used.tolist()
+        return bool(self._layers_used[index])
+
+    def _bank_add(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        assert self._bank is not None
+        if hidden.dim() != 3:
+            raise SteerError(f"bank steering needs [batch, positions, hidden] activations, got {list(hidden.shape)}")
+        rows = self._rows_on(hidden.device, hidden.shape[0])
+        if self._bank_mask is not None and not self._layer_used(index):
+            return hidden  # no row of this batch steers this layer: as if it had no hook
+        if not torch.is_grad_enabled():
+            key = (hidden.device, hidden.dtype)
+            cast = self._bank_cast.get(key)
+            if cast is None:
+                cast = self._bank.detach().to(device=hidden.device, dtype=hidden.dtype, copy=True)
+                if self._bank_mask is not None:
+                    cast[~self._bank_mask.to(hidden.device)] = 0
+                self._bank_cast[key] = cast
+            return hidden + cast[rows, index].unsqueeze(1)
+        if self._bank_sink is not None:
+            return _BankAdd.apply(hidden, self._anchor, self._bank, rows, index, self._bank_mask, self._bank_sink)
+        delta = self._bank[rows.to(self._bank.device), index]
+        if self._bank_mask is not None:
+            keep = self._bank_mask[rows.to(self._bank.device), index].unsqueeze(-1)
+            delta = torch.where(keep, delta, torch.zeros_like(delta))
+        return hidden + delta.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(1)
 
     def _vector(self, index: int, like: torch.Tensor) -> torch.Tensor:
         """Row ``index`` in ``like``'s device and dtype; the master copy stays float32."""
@@ -145,6 +278,53 @@ class SteeringHandle:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+def bank_rows_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """Per-row gradient of a vector added at every position: ``grad`` [B, T, d] summed over T.
+
+    On CPU the sum runs position by position (``cumsum``, accumulated in float64), so left
+    padding (zeros first) and the batch's width leave a row's sum unchanged; elsewhere a plain sum.
+    """
+    if grad.device.type == "cpu":
+        return grad.cumsum(1, dtype=torch.float64)[:, -1]
+    return grad.sum(1, dtype=torch.float64)
+
+
+class _BankAdd(torch.autograd.Function):
+    """``hidden + bank[rows, layer]`` whose backward adds each row's gradient into a float64 sink,
+    row after row onto what it holds (not into ``bank.grad``): the sum for one entry is then the
+    same sequence of additions whatever else shares the batch or the micro-batches."""
+
+    @staticmethod
+    def forward(ctx, hidden, anchor, bank, rows, layer, mask, sink):  # type: ignore[override]
+        on_bank = rows.to(bank.device)
+        delta = bank[on_bank, layer]
+        if mask is not None:
+            keep = mask[on_bank, layer]
+            delta = torch.where(keep.unsqueeze(-1), delta, torch.zeros_like(delta))
+        else:
+            keep = None
+        ctx.save_for_backward(on_bank)
+        ctx.layer, ctx.sink, ctx.keep = layer, sink, keep
+        return hidden + delta.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        per_row = bank_rows_gradient(grad).to(ctx.sink.device)
+        sink, layer, keep = ctx.sink, ctx.layer, ctx.keep
+        with torch.no_grad():
+            for entry in torch.unique(rows).tolist():
+                mine = rows == entry
+                if keep is not None:
+                    mine = mine & keep
+                if not bool(mine.any()):
+                    continue
+                # sink + row_1 + row_2 + ... in order: cumsum of [sink; rows] (float64, sequential on CPU)
+                stacked = torch.cat([sink[entry, layer].unsqueeze(0), per_row[mine.to(per_row.device)]])
+                sink[entry, layer] = stacked.cumsum(0)[-1]
+        return grad, None, None, None, None, None, None
 
 
 class _Hook:

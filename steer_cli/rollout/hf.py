@@ -38,6 +38,32 @@ def split_completion(ids: Sequence[int], stop_ids: set[int], pad_id: int | None)
     return out, "length"
 
 
+@contextlib.contextmanager
+def neutral_generation_config(model: Any) -> Iterator[None]:
+    """The model's own generation config (``generation_config.json``) replaced by transformers'
+    defaults for the duration: ``generate`` fills settings from it even when handed a full
+    ``GenerationConfig``. transformers 5 fills every field left None (``num_beams``,
+    ``suppress_tokens`` ...); 4.50-4.57 fill every field *equal to the global default* when the
+    file was written by >= 4.50, as every checkpoint saved since is: greedy decoding of a
+    Llama-3.1 fine-tune then samples at its T 0.6, top_p 0.9. Every transformers model inside
+    ``model`` (a peft wrapper holds one) gets the neutral config; the originals come back after."""
+    swapped = [(m, m.generation_config) for m in model.modules()
+               if isinstance(vars(m).get("generation_config"), GenerationConfig)]
+    try:
+        for m, _ in swapped:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, own in swapped:
+            m.generation_config = own
+
+
+def generate_exactly(model: Any, config: GenerationConfig, **inputs: Any) -> torch.Tensor:
+    """``model.generate(**inputs)`` with ``config`` and nothing from the model's own config."""
+    with neutral_generation_config(model):
+        return model.generate(generation_config=config, **inputs)
+
+
 class RowBudgets(StoppingCriteria):
     """Stops each generated row once it holds its own number of new tokens (``budgets``, one per
     row of the batch as ``generate`` expands it), so prompts of one batch keep their own budgets."""
@@ -115,7 +141,8 @@ class HFBackend:
     def _config(sampling: SamplingSpec, *, max_new_tokens: int, stop_ids: list[int], pad_id: int,
                 do_sample: bool, num_return_sequences: int = 1) -> GenerationConfig:
         # A full GenerationConfig, so a model's own sampling defaults (top_k=50, a repetition
-        # penalty ...) never leak into the RL or evaluation protocol.
+        # penalty ...) never leak into the RL or evaluation protocol (generate_exactly hides the
+        # model's own config from generate, which would fill these from it otherwise).
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             eos_token_id=stop_ids,
@@ -157,9 +184,9 @@ class HFBackend:
         # argmax, so generate's own (batch-wide) random number generator is never used.
         config = self._config(sampling, max_new_tokens=max(budgets), stop_ids=stop_ids, pad_id=pad_id,
                               do_sample=False)
-        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                                  generation_config=config, stopping_criteria=criteria,
-                                  logits_processor=processors)
+        out = generate_exactly(self.model, config, input_ids=input_ids.to(self.device),
+                               attention_mask=attention.to(self.device), stopping_criteria=criteria,
+                               logits_processor=processors)
         return self._decode(out[:, width:].tolist(), budgets, set(stop_ids), pad_id)
 
     def _generate_chunk(self, prompts: Sequence[Sequence[int]], sampling: SamplingSpec,
@@ -175,9 +202,8 @@ class HFBackend:
                               do_sample=not sampling.greedy,
                               num_return_sequences=1 if sampling.greedy else sampling.n)
         torch.manual_seed(seed)
-        out = self.model.generate(input_ids=input_ids.to(self.device),
-                                  attention_mask=attention.to(self.device), generation_config=config,
-                                  stopping_criteria=criteria)
+        out = generate_exactly(self.model, config, input_ids=input_ids.to(self.device),
+                               attention_mask=attention.to(self.device), stopping_criteria=criteria)
         if copies > 1:
             out = out.repeat_interleave(copies, dim=0)
         rows = self._decode(out[:, width:].tolist(), [b for b in budgets for _ in range(sampling.n)],

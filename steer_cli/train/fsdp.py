@@ -37,6 +37,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from steer_cli.errors import SteerError
+from steer_cli.models import dtype_field
 from steer_cli.patching.archs import locate
 from steer_cli.train.objective import chunked_token_logprobs
 
@@ -193,7 +194,7 @@ def save_pretrained_gathered(model: nn.Module, state: dict[str, torch.Tensor], d
     config = json.loads(config_file.read_text())
     config["architectures"] = [unwrapped_class_name(model)]
     if dtype is not None:
-        config["dtype"] = str(dtype).removeprefix("torch.")
+        config[dtype_field()] = str(dtype).removeprefix("torch.")
     config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 

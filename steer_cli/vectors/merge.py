@@ -21,7 +21,14 @@ from transformers import AutoConfig
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_dir
 from steer_cli.lock import hold_output
-from steer_cli.models import known_model, load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
+from steer_cli.models import (
+    config_dtype,
+    known_model,
+    load_causal_lm,
+    load_tokenizer,
+    quiet_transformers,
+    resolve_model,
+)
 from steer_cli.patching.archs import locate
 from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
 from steer_cli.vectors.extract import Extracted, apply_strength, output_format, read_source, write_output
@@ -212,7 +219,7 @@ def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, 
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     check_fits(item.vectors, num_layers, hidden, source=item.source)
 
-    dtype = getattr(config, "dtype", None) or torch.float32
+    dtype = config_dtype(config) or torch.float32
     dtype_name = str(dtype).replace("torch.", "") if not isinstance(dtype, str) else dtype
     base = load_causal_lm(model, dtype=dtype_name)
     recorded = item.meta.get("unembed_sha256")
