@@ -55,11 +55,13 @@ class PromptSettings(_Group):
     system_prompt: Optional[str] = Field(SYSTEM_PROMPT, description="System message for chat templates.")
     format: Optional[str] = Field(None, description="Prompt text with {problem} for the custom template.")
     append_to: bool = Field(False, description="Append 'To' after the generation prompt (reference-code option).")
+    prefill: Optional[str] = Field(None, description="Text appended after the generation prompt, as tokens of its own: the model continues from it (the reference's 'append To' is --prefill To). One token unless prompt.prefill_multi_token.")
+    prefill_multi_token: bool = Field(False, description="Allow a prefill of more than one token.")
     stop: list[str] = Field(default_factory=list, description="Stop tokens ending a completion, besides the tokenizer's and the model's EOS.")
 
 
 class SteeringSettings(_Group):
-    place: Literal["layer_output", "down_proj_bias"] = Field("layer_output", description="Where the vector is added: end of the decoder layer, or the MLP down_proj output.")
+    place: Literal["layer_output", "down_proj_bias", "attn_input", "attn_output", "mlp_input", "mlp_output"] = Field("layer_output", description="Where the vector is added in each layer: layer_output (end of the decoder layer), down_proj_bias (the MLP down_proj output), mlp_output / attn_output (a block's output, before the residual add), mlp_input / attn_input (a block's input after its norm; the residual stream is untouched).")
     layers: Optional[list[int]] = Field(None, description="Steer only these layer indices (default: all).")
     init_vectors: Optional[str] = Field(None, description="Start from this vectors file instead of zeros.")
 

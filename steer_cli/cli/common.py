@@ -54,6 +54,8 @@ FLAG_NAMES: dict[str, str] = {
     "eval.seeds": "--seeds",
     "eval.limit": "--limit",
     "eval.max_new_tokens": "--max-new-tokens",
+    "prompt.prefill": "--prefill",
+    "prompt.prefill_multi_token": "--prefill-multi-token",
 }
 
 

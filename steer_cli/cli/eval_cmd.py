@@ -46,6 +46,8 @@ def eval_command(
     layers: Optional[str] = typer.Option(None, "--layers", help=doc("inference.layers")),
     reward: Optional[str] = typer.Option(None, "--reward", help=doc("eval.reward")),
     checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help=doc("eval.checkpoints")),
+    prefill: Optional[str] = typer.Option(None, "--prefill", help=doc("prompt.prefill")),
+    prefill_multi_token: bool = typer.Option(False, "--prefill-multi-token", help=doc("prompt.prefill_multi_token")),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Output directory (default: <run>/eval/<checkpoint> and "
                                                   "<run>/eval/base, or runs/eval/<model>/<what>)."),
@@ -74,6 +76,7 @@ def eval_command(
             "rollout.backend": backend, "output.output_dir": output_dir,
             "inference.scale": scale, "inference.layers": layers, "eval.reward": reward,
             "eval.checkpoints": checkpoints,
+            "prompt.prefill": prefill, "prompt.prefill_multi_token": prefill_multi_token or None,
             "output.overwrite": overwrite or None,
             "model.trust_remote_code": trust_remote_code or None,
         },

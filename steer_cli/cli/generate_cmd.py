@@ -46,6 +46,8 @@ def generate_command(
     seed: Optional[int] = typer.Option(None, "--seed", help=doc("generate.seed")),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=doc("generate.max_new_tokens")),
     backend: Optional[str] = typer.Option(None, "--backend", help=doc("rollout.backend")),
+    prefill: Optional[str] = typer.Option(None, "--prefill", help=doc("prompt.prefill")),
+    prefill_multi_token: bool = typer.Option(False, "--prefill-multi-token", help=doc("prompt.prefill_multi_token")),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {prompt, base, steered} objects."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
@@ -56,6 +58,7 @@ def generate_command(
         "generate.num_prompts": num_prompts, "inference.scale": scale, "inference.layers": layers,
         "generate.temperature": temperature, "generate.seed": seed, "generate.max_new_tokens": max_new_tokens,
         "rollout.backend": backend,
+        "prompt.prefill": prefill, "prompt.prefill_multi_token": prefill_multi_token or None,
     }
     out = run_command(_generate, run=run, vectors=vectors, adapter=adapter, config=config, sets=sets,
                       flags=flags, print_settings=print_settings)

@@ -29,6 +29,8 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help=doc("train.seed")),
     fsdp: bool = typer.Option(False, "--fsdp", help=doc("train.fsdp")),
     reward: Optional[str] = typer.Option(None, "--reward", help=doc("train.reward")),
+    prefill: Optional[str] = typer.Option(None, "--prefill", help=doc("prompt.prefill")),
+    prefill_multi_token: bool = typer.Option(False, "--prefill-multi-token", help=doc("prompt.prefill_multi_token")),
     resume: bool = typer.Option(False, "--resume", help=doc("output.resume")),
     overwrite: bool = typer.Option(False, "--overwrite", help=doc("output.overwrite")),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=doc("model.trust_remote_code")),
@@ -43,6 +45,7 @@ def train_command(
         "train.prompts_per_step": prompts_per_step, "rollout.num_generations": num_generations,
         "rollout.max_new_tokens": max_new_tokens, "train.lr": lr, "train.save_every": save_every,
         "rollout.backend": backend, "train.seed": seed, "train.fsdp": fsdp or None, "train.reward": reward,
+        "prompt.prefill": prefill, "prompt.prefill_multi_token": prefill_multi_token or None,
         "output.resume": resume or None, "output.overwrite": overwrite or None,
         "model.trust_remote_code": trust_remote_code or None,
     }

@@ -78,10 +78,29 @@ def render_prompt_text(
     return text
 
 
-def render_prompt(tokenizer: Any, problem: str, template: str = "qwen_math", **kwargs: Any) -> list[int]:
-    """Token ids of the rendered prompt."""
+def render_prompt(tokenizer: Any, problem: str, template: str = "qwen_math", *, prefill: str | None = None,
+                  prefill_multi_token: bool = False, **kwargs: Any) -> list[int]:
+    """Token ids of the rendered prompt, then those of ``prefill`` (``prefill_ids``)."""
+    if prefill is not None and kwargs.get("append_to"):
+        raise SteerError("prompt.append_to and prompt.prefill together: append_to is --prefill To; use one")
     text = render_prompt_text(tokenizer, problem, template, **kwargs)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if prefill is not None:
+        ids += prefill_ids(tokenizer, prefill, multi_token=prefill_multi_token)
+    return ids
+
+
+def prefill_ids(tokenizer: Any, text: str, *, multi_token: bool = False) -> list[int]:
+    """The tokens of a prefill, tokenized on their own (so the prompt's last token never merges
+    with it); one token unless ``multi_token``, as the reference's forced first token "To"."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise SteerError(f"prefill {text!r} is no token of this tokenizer; give some text, e.g. --prefill To")
+    if len(ids) > 1 and not multi_token:
+        pieces = " | ".join(repr(tokenizer.decode([i])) for i in ids[:8])
+        raise SteerError(f"prefill {text!r} is {len(ids)} tokens of this tokenizer ({pieces}), not one; "
+                         "pass --prefill-multi-token (prompt.prefill_multi_token) to allow that")
+    return ids
 
 
 def stop_token_ids(tokenizer: Any, stops: list[str] | tuple[str, ...] = (),

@@ -114,7 +114,8 @@ def generate(settings: Settings, target: Any, prompts: Sequence[str]) -> Generat
     stop_ids = completion_stop_ids(tokenizer, p.stop, s.model.name, revision=s.model.revision,
                                    trust_remote_code=s.model.trust_remote_code)
     ids = [render_prompt(tokenizer, x, p.template, system_prompt=p.system_prompt, fmt=p.format,
-                         append_to=p.append_to) for x in prompts]
+                         append_to=p.append_to, prefill=p.prefill, prefill_multi_token=p.prefill_multi_token)
+           for x in prompts]
     sampling = SamplingSpec(n=1, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                             stop_token_ids=stop_ids, seed=g.seed)
     runner = _VLLMRunner(settings, target, vectors) if s.rollout.backend == "vllm" else _HFRunner(settings, target,

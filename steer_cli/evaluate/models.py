@@ -66,12 +66,22 @@ def load_target_vectors(path: Path, settings: Settings, dims: tuple[int, int]) -
 
 class EvalModels:
     """Loads models lazily and hands out one generation backend per target; the hf base model is
-    shared by the base, steering and LoRA targets."""
+    shared by the base, steering and LoRA targets, and so is one vLLM engine by the base and
+    steering targets (vectors swapped in place between targets; ``places``: the steering places it
+    installs, so targets of several places share it too). ``close()`` shuts that engine down."""
 
-    def __init__(self, settings: Settings, tokenizer: Any) -> None:
+    def __init__(self, settings: Settings, tokenizer: Any, places: tuple[str, ...] = ()) -> None:
         self.s = settings
         self.tokenizer = tokenizer
         self._base: Any = None
+        self.places = places
+        self._engine: Any = None
+        self._engine_path: Optional[str] = None
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
 
     def _device(self) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,6 +140,14 @@ class EvalModels:
             kept = kept_layers(vectors.layers, target.layers, vectors.tensor.shape[0])
             tensor = scaled_vectors(vectors.tensor, target.scale, kept)
         model_path = str(target.weights) if target.weights else resolve_model(self.s.model.name)
+        if target.adapter is None and target.weights is None:
+            engine = self._shared_engine(model_path, vectors.place if vectors is not None else None)
+            if tensor is None:  # the base model: no vector anywhere
+                tensor = torch.zeros(engine.num_layers, engine.hidden_size)
+            engine.set_vectors(tensor, place=vectors.place if vectors is not None else None)
+            yield engine
+            return
+        self.close()  # one engine at a time: the shared one goes before an adapter's or a checkpoint's
         with tempfile.TemporaryDirectory(prefix="steer-eval-lora-") as tmp:
             adapter = plain_adapter(self.s, target.adapter, Path(tmp)) if target.adapter else None
             backend = make_eval_backend(self.s, model_path, vectors=tensor, adapter=adapter,
@@ -140,6 +158,19 @@ class EvalModels:
                 close = getattr(backend, "close", None)
                 if close:
                     close()
+
+    def _shared_engine(self, model_path: str, place: Optional[str]) -> Any:
+        make_eval_backend = vllm_factory()
+        """The engine of base and steering targets: started once, restarted only for a place it lacks."""
+        engine = self._engine
+        if engine is not None and (self._engine_path != model_path or (place and place not in engine.places)):
+            self.close()
+            engine = None
+        if engine is None:
+            places = tuple(dict.fromkeys([p for p in (place, *self.places) if p] or ["layer_output"]))
+            engine = make_eval_backend(self.s, model_path, place=places[0], places=places[1:])
+            self._engine, self._engine_path = engine, model_path
+        return engine
 
 
 def plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:

@@ -43,7 +43,9 @@ class Protocol:
 
 def resolve_protocol(settings: Settings, target: Target) -> Protocol:
     e = settings.eval
-    temperature = e.temperature if e.temperature is not None else (1.0 if target.trained else 0.0)
+    temperature = target.temperature if target.temperature is not None else e.temperature
+    if temperature is None:
+        temperature = 1.0 if target.trained else 0.0
     seeds = list(dict.fromkeys(e.seeds))
     if not seeds:
         raise SteerError("no evaluation seeds; pass --seeds such as 0,1,2")
@@ -103,6 +105,8 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
         ident["inference_scale"] = target.scale
     if target.layers is not None:
         ident["inference_layers"] = list(target.layers)
+    if target.prefill is not None:
+        ident["prefill"] = target.prefill
     if settings.eval.reward is not None:
         spec = parse_reward(settings.eval.reward)
         ident["reward"] = spec.text

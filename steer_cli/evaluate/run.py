@@ -112,15 +112,17 @@ def _find_work(settings: Settings, plans: Sequence[_Plan], benches: Sequence[Ben
 class _Inputs:
     models: EvalModels
     stop_ids: tuple[int, ...]
-    prompts: dict[str, list[list[int]]]
+    prompts: dict[Optional[str], dict[str, list[list[int]]]]  # per prefill (None: none), per benchmark
     scorer: Optional[Any] = None  # eval.reward's RewardScorer
-    per_budget: dict[tuple[Optional[int], Optional[int]], dict[str, BenchInputs]] = field(default_factory=dict)
+    per_budget: dict[tuple[Any, ...], dict[str, BenchInputs]] = field(default_factory=dict)
 
-    def bench_inputs(self, proto: Protocol, benches: Sequence[BenchmarkData]) -> dict[str, BenchInputs]:
-        key = (proto.max_new_tokens, proto.max_seq_length)
+    def bench_inputs(self, proto: Protocol, benches: Sequence[BenchmarkData],
+                     prefill: Optional[str] = None) -> dict[str, BenchInputs]:
+        key = (prefill, proto.max_new_tokens, proto.max_seq_length)
         if key not in self.per_budget:
-            self.per_budget[key] = {b.name: BenchInputs.build(b.problems, self.prompts[b.name], max_new_tokens=key[0],
-                                                              max_seq_length=key[1]) for b in benches}
+            prompts = self.prompts[prefill]
+            self.per_budget[key] = {b.name: BenchInputs.build(b.problems, prompts[b.name], max_new_tokens=key[1],
+                                                              max_seq_length=key[2]) for b in benches}
         return self.per_budget[key]
 
 
@@ -139,15 +141,21 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
     m, p = settings.model, settings.prompt
     tokenizer = load_tokenizer(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
     stop_ids = completion_stop_ids(tokenizer, p.stop, m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    prompts = {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
-                                      fmt=p.format, append_to=p.append_to) for x in b.problems]
-               for b in benches}
+    # A prefill is the targets' own (prompt.prefill, or a study's reference line), checked here,
+    # before anything is written.
+    prompts = {prefill: {b.name: [render_prompt(tokenizer, x.problem, p.template, system_prompt=p.system_prompt,
+                                                fmt=p.format, append_to=p.append_to, prefill=prefill,
+                                                prefill_multi_token=p.prefill_multi_token) for x in b.problems]
+                         for b in benches}
+               for prefill in dict.fromkeys(plan.target.prefill for plan in plans)}
     scorer = None
     if settings.eval.reward is not None:
         scorer = RewardScorer(settings, tokenizer)
         stack.callback(scorer.close)
         scorer.check(benches[0].problems[0])  # a broken plug-in fails before anything is written
-    return _Inputs(EvalModels(settings, tokenizer), tuple(stop_ids), prompts, scorer)
+    models = EvalModels(settings, tokenizer, places=tuple(dict.fromkeys(p.vectors.place for p in plans if p.vectors)))
+    stack.callback(models.close)  # the vLLM engine the base and steering targets share
+    return _Inputs(models, tuple(stop_ids), prompts, scorer)
 
 
 def _init(settings: Settings, plans: Sequence[_Plan], benches: Sequence[BenchmarkData], reporter: Reporter) -> None:
@@ -158,7 +166,7 @@ def _init(settings: Settings, plans: Sequence[_Plan], benches: Sequence[Benchmar
             "kind": TARGET_KIND, "format_version": FORMAT_VERSION, "label": t.label,
             "setup": t.setup, "model": t.model,
             "vectors": abs_path(t.vectors), "adapter": abs_path(t.adapter), "run": abs_path(t.run),
-            "checkpoint": t.checkpoint,
+            "checkpoint": t.checkpoint, "prefill": t.prefill,
             "identity": plan.ident,
         })
         for b in benches:
@@ -235,7 +243,8 @@ class _Merger:
     def _summarise(self, ti: int) -> None:
         plan = self.plans[ti]
         summary = build_summary(plan.target, self.s, plan.proto, self.benches, self.matrices[ti], self.rewards[ti],
-                                processes=self.world, wall_seconds=time.perf_counter() - self.started)
+                                processes=self.world, wall_seconds=time.perf_counter() - self.started,
+                                vectors_place=plan.vectors.place if plan.vectors else None)
         atomic_write_json(plan.target.output_dir / "summary.json", summary)
         self.reporter.say(f"{plan.target.label}: results in {plan.target.output_dir}")
         self.summaries[ti] = summary
@@ -248,9 +257,11 @@ def evaluate(
     fields: Optional[FieldMap] = None,
     interactive: Optional[bool] = None,
     coord: Optional[Coordinator] = None,
+    kept_in: Optional[str] = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each target on every benchmark and seed; returns the summaries (also written) on
-    the main process, an empty list on the others.
+    the main process, an empty list on the others. ``kept_in`` names where finished results are
+    kept in the stop message (default: the output directories).
 
     Everything is checked (benchmarks, data, vectors shapes, output directories, prompts) on every
     process before anything is written; finished (benchmark, seed) files and finished shards from
@@ -264,7 +275,8 @@ def evaluate(
         stack.enter_context(StopSignals(
             settings.train.preempt_save_timeout, "the evaluation did not stop within train.preempt_save_timeout; "
             "finished results are kept: run the same command to continue",
-            interrupt=f"finished results in {', '.join(map(str, outs))} are kept: run the same command to continue"))
+            interrupt=f"finished results in {kept_in or ', '.join(map(str, outs))} are kept: run the same command "
+                      "to continue"))
 
         def lock() -> None:  # the main process writes the directories: it holds them
             if coord.main:
@@ -311,7 +323,7 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
             sampling = SamplingSpec(n=1, temperature=proto.temperature, top_p=proto.top_p, top_k=-1,
                                     stop_token_ids=inputs.stop_ids)
             with inputs.models.backend(plan.target, plan.vectors) as backend:
-                run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches), sampling,
+                run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches, plan.target.prefill), sampling,
                            plan.target.output_dir, written=lambda shard: merger.poll() if merger else None,
                            scorer=inputs.scorer)
         return merger.wait() if merger is not None else []

@@ -22,10 +22,11 @@ from steer_cli.settings import Settings
 def build_summary(target: Target, settings: Settings, proto: Protocol, benches: Sequence[BenchmarkData],
                   matrices: dict[tuple[str, int], list[list[bool]]],
                   rewards: Optional[dict[tuple[str, int], list[Optional[float]]]] = None, *, processes: int = 1,
-                  wall_seconds: Optional[float] = None) -> dict[str, Any]:
+                  wall_seconds: Optional[float] = None, vectors_place: Optional[str] = None) -> dict[str, Any]:
     """summary.json of one target (format in notes/apis.md); ``rewards`` (``eval.reward``): every
     sample's reward per (benchmark, seed). ``processes`` and ``wall_seconds`` describe the
-    invocation that wrote it (a re-run that only merged counts its own time)."""
+    invocation that wrote it (a re-run that only merged counts its own time); ``vectors_place``:
+    where the vectors were added (None without vectors)."""
     benchmarks: dict[str, Any] = {}
     primary: dict[str, dict[str, float]] = {}
     for b in benches:
@@ -59,6 +60,7 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         # steering strength at evaluation (steer eval --scale/--layers); steer report reads them
         "scale": target.scale, "layers": list(target.layers) if target.layers is not None else None,
+        "place": vectors_place, "prefill": target.prefill,
         **extra,
     }
 

@@ -37,6 +37,8 @@ class Target:
     lora_rank: Optional[int] = None  # for lora: told apart in reports (the paper has r4 and r1 rows)
     scale: float = 1.0  # steering strength at evaluation (--scale); 1 = as trained
     layers: Optional[tuple[int, ...]] = None  # apply the vectors only on these layers (--layers)
+    prefill: Optional[str] = None  # text after the generation prompt (--prefill; prompt.prefill)
+    temperature: Optional[float] = None  # this target's own temperature (a study's reference lines)
 
     @property
     def trained(self) -> bool:
@@ -245,6 +247,7 @@ def plan_targets(
         targets.extend(_strengths(t, settings) if strengths else [t])
     root = settings.output.output_dir
     for t in targets:
+        t.prefill = settings.prompt.prefill
         if root:
             t.output_dir = Path(root) / t.label if len(targets) > 1 else Path(root)
         elif run is not None:

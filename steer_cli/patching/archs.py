@@ -21,6 +21,9 @@ class ArchSpec:
     model_types: tuple[str, ...]
     layers: tuple[str, ...] = ("model.layers",)
     down_proj: tuple[str, ...] = ("mlp.down_proj",)
+    # The attention block and the MLP of one decoder layer (the attn_* / mlp_* steering places).
+    attn: tuple[str, ...] = ("self_attn",)
+    mlp: tuple[str, ...] = ("mlp",)
     final_norm: tuple[str, ...] = ("model.norm",)
     unembed: tuple[str, ...] = ("lm_head",)
     # A norm applied to the MLP output before the residual add (Gemma2/3, OLMo2/3): there a bias on
@@ -54,6 +57,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         ("gpt_neox",),
         layers=("gpt_neox.layers",),
         down_proj=("mlp.dense_4h_to_h",),
+        attn=("attention",),
         final_norm=("gpt_neox.final_layer_norm",),
         unembed=("lm_head", "embed_out"),
     ),
@@ -62,6 +66,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         ("gpt2",),
         layers=("transformer.h",),
         down_proj=("mlp.c_proj",),
+        attn=("attn",),
         final_norm=("transformer.ln_f",),
     ),
 )
@@ -127,6 +132,12 @@ class Located:
 
     def down_proj(self, index: int) -> Any:
         return resolve(self.layers[index], self.spec.down_proj, "MLP down projection", self.spec.name)
+
+    def attn(self, index: int) -> Any:
+        return resolve(self.layers[index], self.spec.attn, "attention block", self.spec.name)
+
+    def mlp(self, index: int) -> Any:
+        return resolve(self.layers[index], self.spec.mlp, "MLP", self.spec.name)
 
 
 def locate(model: Any) -> Located:

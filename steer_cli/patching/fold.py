@@ -76,6 +76,11 @@ def fold_plan(config: Any, place: str = "layer_output") -> FoldPlan:
     """Decide how to fold for a transformers config; a SteerError for what cannot be folded exactly."""
     if place not in PLACES:
         raise SteerError(f"unknown steering place {place!r}; choose one of {', '.join(PLACES)}")
+    if place in ("attn_input", "attn_output", "mlp_input"):
+        raise SteerError(f"vectors at {place} cannot be folded into a down_proj bias (only layer_output, "
+                         "mlp_output and down_proj_bias can); use the vectors file with steer eval / vLLM")
+    if place == "mlp_output":  # the MLP ends in its down projection: the same bias
+        place = "down_proj_bias"
     model_type = getattr(config, "model_type", "?")
     try:
         spec = arch_for_config(config)

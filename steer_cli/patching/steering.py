@@ -1,11 +1,20 @@
 """Steering vectors on a transformers model: one learnable vector per decoder layer.
 
-``attach_steering`` adds ``s_l`` at the end of decoder layer ``l`` (``h <- h + s_l`` at every
-position; place ``layer_output``), or to the output of its MLP down projection (place
-``down_proj_bias``, the reference implementation's form). The two coincide where the MLP output
-goes straight into the residual stream (Llama, Qwen2/3, Mistral, GPT-2, GPT-NeoX ...) and differ
-where a norm follows the MLP (Gemma2/3, OLMo2). Nothing in the model is replaced: forward hooks do
-the adding, so ``remove()`` restores the model exactly.
+``attach_steering`` adds ``s_l`` at one place of decoder layer ``l``, at every position:
+
+- ``layer_output``: the end of the layer (``h <- h + s_l``);
+- ``down_proj_bias``: the output of the MLP's down projection (the reference implementation's form);
+- ``mlp_output``: the MLP block's output, before anything after it (a post-MLP norm, the residual add);
+- ``mlp_input``: the MLP block's input, after its pre-norm (the residual stream is not touched);
+- ``attn_output``: the attention block's output (after ``o_proj``), before the residual add;
+- ``attn_input``: the attention block's input, after the layer's input norm (residual untouched).
+
+Each place is one add, the same in the vLLM engine (``rollout.vllm_models``). The MLP ends in its
+down projection, so ``mlp_output`` is ``down_proj_bias``; both equal ``layer_output`` where the
+MLP output goes straight into the residual stream (Llama, Qwen2/3, Mistral, GPT-2, GPT-NeoX ...)
+and differ where a norm follows the MLP (Gemma2/3, OLMo2). An input place acts on one branch only
+(the reference's vector on a norm's output). Nothing in the model is replaced: forward hooks (pre-
+hooks for input places) do the adding, so ``remove()`` restores the model exactly.
 
 Vector banks: several sets of vectors on one model, one per row of a batch (several training
 runs in one job, eval grids). A bank is a ``[R, num_layers, hidden]`` tensor, one ``[num_layers,
@@ -43,7 +52,22 @@ from steer_cli.errors import SteerError
 from steer_cli.patching.archs import Located, locate
 from steer_cli.patching.strength import kept_layers, scaled_vectors
 
-PLACES = ("layer_output", "down_proj_bias")
+PLACES = ("layer_output", "down_proj_bias", "attn_input", "attn_output", "mlp_input", "mlp_output")
+# Places added to a block's input (a forward pre-hook) rather than to a module's output.
+INPUT_PLACES = frozenset({"attn_input", "mlp_input"})
+
+
+def place_module(located: Located, index: int, place: str) -> nn.Module:
+    """The module of layer ``index`` whose output (input for ``INPUT_PLACES``) gets the vector."""
+    if place == "layer_output":
+        return located.layers[index]
+    if place == "down_proj_bias":
+        return located.down_proj(index)
+    if place in ("attn_input", "attn_output"):
+        return located.attn(index)
+    if place in ("mlp_input", "mlp_output"):
+        return located.mlp(index)
+    raise SteerError(f"unknown steering place {place!r}; choose one of {', '.join(PLACES)}")
 
 
 class SteeringHandle:
@@ -92,6 +116,19 @@ class SteeringHandle:
         if isinstance(output, tuple):
             return (steered, *output[1:])
         return steered
+
+    def _add_input(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Add the vector to a block's hidden-states input: the ``hidden_states`` keyword (how
+        transformers calls attention) or else the first positional argument (the MLP's ``x``)."""
+        if not self._enabled:
+            return None
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            hidden = kwargs["hidden_states"]
+            return args, {**kwargs, "hidden_states": self.steer(index, hidden)}
+        if args and isinstance(args[0], torch.Tensor):
+            return (self.steer(index, args[0]), *args[1:]), kwargs
+        raise SteerError(f"cannot steer the input of layer {index}'s block at {self.place}: it was called "
+                         "without a hidden-states tensor")
 
     def steer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` ([B, T, hidden]) with layer ``index``'s vector added: ``handle.vectors``, or
@@ -206,11 +243,11 @@ class SteeringHandle:
 
     def _install(self) -> None:
         for index in self.layers:
-            if self.place == "layer_output":
-                module = self.located.layers[index]
+            module = place_module(self.located, index, self.place)
+            if self.place in INPUT_PLACES:
+                self._hooks.append(module.register_forward_pre_hook(_InputHook(self, index), with_kwargs=True))
             else:
-                module = self.located.down_proj(index)
-            self._hooks.append(module.register_forward_hook(_Hook(self, index)))
+                self._hooks.append(module.register_forward_hook(_Hook(self, index)))
 
     def set(self, vectors: torch.Tensor) -> None:
         """Copy new values into the attached vectors (shape checked)."""
@@ -299,6 +336,13 @@ class _Hook:
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         return self.handle._add(self.index, output)
+
+
+class _InputHook(_Hook):
+    """A forward pre-hook (with keyword arguments) adding the vector to a block's input."""
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> Any:  # type: ignore[override]
+        return self.handle._add_input(self.index, args, kwargs)
 
 
 def check_shape(vectors: torch.Tensor, num_layers: int, hidden: int, *, what: str = "vectors") -> None:

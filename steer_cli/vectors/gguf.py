@@ -39,6 +39,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def write_gguf(output: Path, vectors: Any, meta: dict[str, Any], *, drop_layer_0: bool = False) -> list[str]:
     """A llama.cpp control vector: one F32 ``direction.N`` per steered layer N >= 1 (see module doc)."""
+    place = meta.get("place") or "layer_output"
+    if place in ("attn_input", "attn_output", "mlp_input"):
+        raise SteerError(f"these vectors are added at {place}; a llama.cpp control vector is added to the layer "
+                         "output, a different intervention: GGUF export takes layer_output, mlp_output or "
+                         "down_proj_bias vectors")
     layers = sorted(int(i) for i in meta.get("layers", range(vectors.shape[0])))
     notes = []
     if 0 in layers:
@@ -53,8 +58,8 @@ def write_gguf(output: Path, vectors: Any, meta: dict[str, Any], *, drop_layer_0
     hint, hint_note = _model_hint(meta.get("base_model"))
     if hint_note:
         notes.append(hint_note)
-    if meta.get("place") == "down_proj_bias":
-        notes.append("llama.cpp adds control vectors to the layer output; that equals these down_proj_bias "
+    if place in ("down_proj_bias", "mlp_output"):
+        notes.append(f"llama.cpp adds control vectors to the layer output; that equals these {place} "
                      "vectors only where no norm follows the MLP (not Gemma2/3, OLMo2)")
     with atomic_path(output) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch=GGUF_ARCH)
