@@ -301,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-cpu", action="store_true", help="Run on a CPU at toy sizes (for tests of this script)")
     args = ap.parse_args(argv)
 
-    import torch
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as err:
+        print(f"gpu_check: {err.name or err} is not installed; install steer first: pip install torch "
+              '(the CUDA build for this machine), then pip install -e ".[vllm]"', file=sys.stderr)
+        return 2
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.utils import logging as hf_logging
+
+from steer_cli.demo import DEMO_MODEL_DIR
 from steer_cli.errors import SteerError
 
 
@@ -39,8 +45,6 @@ DEMO = "demo"
 
 
 def demo_model_dir() -> Path:
-    from steer_cli.demo import DEMO_MODEL_DIR
-
     return DEMO_MODEL_DIR
 
 
@@ -88,8 +92,6 @@ def pick_dtype(dtype: str, device: Any, config: Any = None) -> Any:
     """The compute dtype. ``auto``: on a GPU the checkpoint's own bfloat16/float16 (``config``),
     else bfloat16, as the paper trains; on a CPU float32 (CPUs without bfloat16 units emulate it
     slowly, and the demo and tests are float32)."""
-    import torch
-
     if dtype != "auto":
         return getattr(torch, dtype)
     if getattr(device, "type", str(device)) != "cuda":
@@ -101,8 +103,6 @@ def pick_dtype(dtype: str, device: Any, config: Any = None) -> Any:
 
 def quiet_transformers() -> None:
     """No per-shard progress bars or advisory warnings from transformers in our output."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
@@ -117,8 +117,6 @@ def _auto_from_pretrained(auto: Any, path: str, what: str, revision: str | None,
 
 
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
-
     tok = _auto_from_pretrained(AutoTokenizer, resolve_model(name), "a tokenizer", revision, trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -127,9 +125,6 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
 
 def load_config(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """The model's config, checked to be a decoder-only causal LM that transformers can build."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
     path = resolve_model(name)
     config = _auto_from_pretrained(AutoConfig, path, "model config", revision, trust_remote_code)
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not trust_remote_code:
@@ -150,9 +145,6 @@ def load_causal_lm(
     attn_implementation: str | None = None,
 ) -> Any:
     """``AutoModelForCausalLM.from_pretrained`` with clear errors; eval mode (dropout off)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     path = resolve_model(name)
     config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code,

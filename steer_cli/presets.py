@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_cli.errors import SteerError
+from steer_cli.models import DEMO, known_model
 from steer_cli.settings import Layer, read_yaml_file
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -108,8 +109,6 @@ def find_preset(model: str | None, dataset: str | None, setup: str | None) -> st
     Returns None when the model is not in the paper's table (then defaults apply); raises when the
     model is known but the dataset/setup combination has no preset.
     """
-    from steer_cli.models import DEMO, known_model
-
     if model in (None, DEMO):
         # The demo keeps its task, lengths and step count for every setup (demo/demo/<setup>).
         if dataset in (None, "demo") and setup in (None, "steering", "lora", "full"):

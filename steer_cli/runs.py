@@ -7,10 +7,22 @@ modules behind them, so that nothing below the CLI imports from ``steer_cli.cli`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from steer_cli.errors import SteerError
 from steer_cli.lock import is_lock_file
+
+CHECKPOINT_DIR_RE = re.compile(r"^(final|checkpoint-\d+)$")
+
+
+def is_training_run(path: Path) -> bool:
+    """A ``steer train`` output directory: settings.yaml plus metrics or checkpoints."""
+    if not (path / "settings.yaml").is_file():
+        return False
+    if (path / "metrics.jsonl").is_file():
+        return True
+    return any(c.is_dir() and CHECKPOINT_DIR_RE.match(c.name) for c in path.iterdir())
 
 
 def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Path:
@@ -39,8 +51,6 @@ def latest_run(runs_dir: str | Path = "runs", *, kind: str | None = None) -> Pat
 def training_runs_under(root: str | Path) -> list[Path]:
     """Every ``steer train`` output directory under ``root`` (sorted by path), not descending into
     a run (its eval/ and checkpoints hold no further runs) nor into hidden directories."""
-    from steer_cli.evaluate.targets import is_training_run
-
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         path = Path(dirpath)

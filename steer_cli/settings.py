@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from steer_cli.errors import SteerError
+from steer_cli.patching.strength import parse_layer_spec, parse_scales
 
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -149,7 +150,6 @@ class EvalSettings(_Group):
 def _layer_list(value: Any) -> Any:
     if value is None or isinstance(value, (list, tuple)):
         return value
-    from steer_cli.strength import parse_layer_spec
 
     try:
         return parse_layer_spec(value, "inference.layers")
@@ -164,8 +164,6 @@ class InferenceSettings(_Group):
     @field_validator("scale", mode="before")
     @classmethod
     def _scales(cls, value: Any) -> Any:
-        from steer_cli.strength import parse_scales
-
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         try:

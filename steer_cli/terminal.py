@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.text import Text
+
 
 def stdout_console() -> Any:
-    from rich.console import Console
-
     return Console(highlight=False)
 
 
 def _plain(cell: Any) -> str:
-    from rich.text import Text
-
     if isinstance(cell, Text):
         text = cell.plain
     elif isinstance(cell, str):

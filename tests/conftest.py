@@ -64,7 +64,7 @@ class CoinGrader:
     def grade(self, items):
         import hashlib
 
-        from steer_cli.rewards import Grade
+        from steer_cli.rewards.pool import Grade
 
         out = []
         for text, _ in items:
@@ -75,7 +75,7 @@ class CoinGrader:
 
 @pytest.fixture
 def coin_grader(monkeypatch):
-    import steer_cli.rewards
+    import steer_cli.rewards.pool
 
-    monkeypatch.setattr(steer_cli.rewards, "Grader", CoinGrader)
+    monkeypatch.setattr(steer_cli.rewards.pool, "Grader", CoinGrader)
     return CoinGrader

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from steer_cli.cli import main
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 
 def run_cli(argv, capsys):
@@ -198,7 +198,7 @@ def test_disk_full_while_writing_a_checkpoint(world, tiny_lm, tiny_problems, cap
     assert (run / "checkpoint-2" / "vectors.safetensors").exists()
     assert not list(run.glob(".checkpoint-3.*"))  # the partial write was cleaned up
     assert not (run / "checkpoint-3").exists()
-    from steer_cli.vectors import load_vectors
+    from steer_cli.vectors.file import load_vectors
 
     vectors, meta = load_vectors(run / "checkpoint-2" / "vectors.safetensors")
     assert meta["step"] == 2 and torch.isfinite(vectors).all()

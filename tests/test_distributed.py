@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from steer_cli.vectors import load_vectors
+from steer_cli.vectors.file import load_vectors
 
 ARGS = ["train", "--max-steps", "3", "--prompts-per-step", "2", "--num-generations", "4", "--lr", "0.03",
         "--set", "rollout.batch_prompts=1", "--set", "train.grader_workers=0", "--set", "train.warmup_ratio=0"]

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from steer_cli import eval_metrics as M
 from steer_cli.cli import _register, app
+from steer_cli.evaluate import metrics as M
 from steer_cli.settings import Layer, build_settings, load_settings_file
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 _register()
 runner = CliRunner()
@@ -234,7 +234,8 @@ def test_overwrite_refuses_a_directory_that_is_not_an_evaluation(tiny_lm, shared
 
 def test_demo_benchmark_and_local_files(tmp_path, monkeypatch):
     import steer_cli.demo
-    from steer_cli.evaluate import load_eval_benchmark, read_results, resolve_eval_benchmarks
+    from steer_cli.evaluate.benchmarks import load_eval_benchmark, resolve_eval_benchmarks
+    from steer_cli.evaluate.outputs import read_results
 
     (tmp_path / "test.jsonl").write_text("".join(json.dumps({"problem": f"{a}+1?", "answer": str(a + 1)}) + "\n"
                                                  for a in range(5)))
@@ -260,7 +261,7 @@ def test_demo_benchmark_and_local_files(tmp_path, monkeypatch):
 def test_full_checkpoint_of_a_run(tiny_lm, shared_data, tmp_path):
     import shutil
 
-    from steer_cli.evaluate import resolve_run
+    from steer_cli.evaluate.targets import resolve_run
 
     run = make_run(tmp_path, tiny_lm, shared_data)
     (run / "final" / "vectors.safetensors").unlink()
@@ -276,7 +277,7 @@ def test_full_checkpoint_of_a_run(tiny_lm, shared_data, tmp_path):
 
 
 def test_a_lora_run_target_carries_its_rank(tmp_path):
-    from steer_cli.evaluate import plan_targets
+    from steer_cli.evaluate.targets import plan_targets
 
     run = tmp_path / "run"
     (run / "final" / "adapter").mkdir(parents=True)

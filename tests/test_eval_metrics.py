@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from steer_cli import eval_metrics as M
+from steer_cli.evaluate import metrics as M
 
 
 def random_matrix(problems, samples, seed=0, p=0.4):

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from steer_cli.cli import _register, app
 from steer_cli.data.records import Problem
 from steer_cli.errors import SteerError
-from steer_cli.evaluate import Coordinator, Launch, plan_shards, problem_keys, sample_seed
-from steer_cli.evaluate.parallel import device_slice, launch_from_env
+from steer_cli.evaluate.parallel import Coordinator, Launch, device_slice, launch_from_env
+from steer_cli.evaluate.shards import plan_shards, problem_keys, sample_seed
 from steer_cli.rollout.base import SampleRequest, SamplingSpec
 from steer_cli.rollout.hf import HFBackend, PerRowSampler, filter_logits
 
@@ -248,7 +248,7 @@ def _torchrun(args, cwd, nproc=2):
 def test_two_processes_write_what_one_writes(tiny_lm, shared_data, tmp_path):
     """The base model (greedy) and vectors (sampled, T=1), each sample also scored by a reward, on
     one process and on two."""
-    from steer_cli.vectors import save_vectors
+    from steer_cli.vectors.file import save_vectors
 
     vectors = save_vectors(tmp_path / "v.safetensors", 0.5 * torch.randn(2, 64, generator=torch.Generator().manual_seed(0)),
                            base_model=str(tiny_lm))

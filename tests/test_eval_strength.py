@@ -11,7 +11,7 @@ from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
-from steer_cli.vectors import load_vectors, save_vectors
+from steer_cli.vectors.file import load_vectors, save_vectors
 
 _register()
 runner = CliRunner()

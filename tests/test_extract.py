@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
-from steer_cli.vectors import load_vectors, save_vectors, unembed_sha256
+from steer_cli.vectors.file import load_vectors, save_vectors, unembed_sha256
 
 _register()
 runner = CliRunner()

@@ -121,9 +121,9 @@ class RecordingGrader(CoinGrader):
 
 
 def test_training_completions_end_at_eos_beside_a_stop_token(eos_lm, tiny_problems, tmp_path, monkeypatch):
-    import steer_cli.rewards
+    import steer_cli.rewards.pool
 
-    monkeypatch.setattr(steer_cli.rewards, "Grader", RecordingGrader)
+    monkeypatch.setattr(steer_cli.rewards.pool, "Grader", RecordingGrader)
     RecordingGrader.seen = []
     out = tmp_path / "run"
     result = invoke("train", "--model", eos_lm, "--dataset", tiny_problems, "--output-dir", out,
@@ -159,7 +159,8 @@ def test_training_budget_is_each_prompts_own():
 
 def test_eval_budget_is_the_rest_of_the_eval_context_not_the_training_budget():
     from steer_cli.cli.common import settings_from_cli
-    from steer_cli.evaluate import Target, resolve_protocol
+    from steer_cli.evaluate.protocol import resolve_protocol
+    from steer_cli.evaluate.targets import Target
 
     s = settings_from_cli(preset="qwen2.5-7b/deepscaler/steering", config=None, sets=[], flags={})
     assert (s.rollout.max_new_tokens, s.eval.max_seq_length) == (8192, 32768)

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
-from steer_cli.generate import read_prompt_file
+from steer_cli.evaluate.generate import read_prompt_file
 from steer_cli.settings import Layer, build_settings
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 _register()
 runner = CliRunner()
@@ -74,7 +74,7 @@ def test_vectors_side_by_side_json(tiny_lm, vfile):
     out = rows(invoke("generate", *prompts, "--vectors", vfile, "--json", "--max-new-tokens", "8"))
     assert [set(r) for r in out] == [{"prompt", "base", "steered"}] * 2
     assert [r["prompt"] for r in out] == prompts
-    from steer_cli.vectors import load_vectors
+    from steer_cli.vectors.file import load_vectors
 
     v, _ = load_vectors(vfile)
     assert [r["base"] for r in out] == greedy(tiny_lm, prompts)
@@ -83,7 +83,7 @@ def test_vectors_side_by_side_json(tiny_lm, vfile):
 
 
 def test_scale_sweep_and_layers(tiny_lm, vfile):
-    from steer_cli.vectors import load_vectors
+    from steer_cli.vectors.file import load_vectors
 
     v, _ = load_vectors(vfile)
     out = rows(invoke("generate", "What is 2+2?", "--vectors", vfile, "--json", "--max-new-tokens", "8",

@@ -27,6 +27,18 @@ def test_without_a_gpu_it_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "g.json").exists()
 
 
+def test_without_torch_it_exits_2_with_one_line(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(fake))
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch is not installed" in lines[0] and "pip install" in lines[0], done.stderr
+
+
 def test_unknown_check_is_refused(tmp_path):
     done = _run("--allow-cpu", "--only", "env,warp_drive", tmp_path=tmp_path)
     assert done.returncode == 2 and "warp_drive" in done.stderr

@@ -13,7 +13,7 @@ from demo_runs import train_demo as _train
 
 from steer_cli.lock import LOCK_NAME
 from steer_cli.train.checkpoint import list_checkpoints
-from steer_cli.vectors import load_vectors
+from steer_cli.vectors.file import load_vectors
 
 
 @pytest.fixture

@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
-from steer_cli import lens
 from steer_cli.cli import _register, app
-from steer_cli.vectors import save_vectors, unembed_sha256
+from steer_cli.lens import logit as lens
+from steer_cli.lens.tokens import TokenRenderer
+from steer_cli.lens import unembed as lens_unembed
+from steer_cli.lens.unembed import load_unembedding
+from steer_cli.vectors.file import save_vectors, unembed_sha256
 
 _register()
 runner = CliRunner()
@@ -81,7 +84,7 @@ def _byte_level_tokenizer():
 
 def test_byte_level_pieces_are_shown_as_text_with_escapes():
     tok, vocab = _byte_level_tokenizer()
-    r = lens.TokenRenderer(tok)
+    r = TokenRenderer(tok)
     assert r.style == "byte"
     assert r.text(vocab["Ġthe"]) == " the"
     assert r.text(vocab["Ċ"]) == "\\n"
@@ -99,7 +102,7 @@ def test_sentencepiece_pieces_and_byte_fallback():
     vocab = {"<unk>": 0, "▁the": 1, "<0x0A>": 2, "<0xE4>": 3, "ing": 4}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
     core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    r = lens.TokenRenderer(PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>"))
+    r = TokenRenderer(PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>"))
     assert r.style == "sentencepiece"
     assert [r.text(i) for i in (1, 2, 3, 4)] == [" the", "\\n", "\\xe4", "ing"]
 
@@ -118,7 +121,7 @@ def _vectors(path, model_dir, layers=2, hidden=64, seed=0, **meta):
 
 
 def test_unembedding_is_read_from_the_checkpoint_and_equals_lm_head(tiny_lm):
-    u = lens.load_unembedding(str(tiny_lm))
+    u = load_unembedding(str(tiny_lm))
     assert u.source.startswith("lm_head.weight")
     assert u.num_layers == 2
     torch.testing.assert_close(u.weight, _lm_head(tiny_lm))
@@ -128,14 +131,14 @@ def test_tied_embeddings_read_the_input_embedding(tmp_path):
     from tiny_models import save_tiny_lm
 
     path = save_tiny_lm(tmp_path / "tied", tie_word_embeddings=True, num_hidden_layers=1)
-    u = lens.load_unembedding(str(path))
+    u = load_unembedding(str(path))
     assert "embed_tokens" in u.source
     torch.testing.assert_close(u.weight, _lm_head(path))
 
 
 def test_full_model_fallback_gives_the_same_matrix(tiny_lm, monkeypatch):
-    monkeypatch.setattr(lens, "_read_unembed_tensor", lambda *a: None)
-    u = lens.load_unembedding(str(tiny_lm))
+    monkeypatch.setattr(lens_unembed, "_read_unembed_tensor", lambda *a: None)
+    u = load_unembedding(str(tiny_lm))
     assert u.num_layers == 2 and "of" in u.source
     torch.testing.assert_close(u.weight, _lm_head(tiny_lm))
 

@@ -17,7 +17,7 @@ from demo_runs import ARGS, demo_env, train_demo
 from steer_cli.cli import main
 from steer_cli.errors import SteerError
 from steer_cli.lock import LOCK_NAME, hold_dir, hold_output
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 _AT = ARGS.index("--max-steps") + 1
 TWO_STEPS = [*ARGS[:_AT], "2", *ARGS[_AT + 1:]]

@@ -14,7 +14,7 @@ from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
 from steer_cli.patching.fold import fold_vectors
 from steer_cli.patching.steering import attach_steering
-from steer_cli.vectors import load_vectors, save_vectors
+from steer_cli.vectors.file import load_vectors, save_vectors
 
 _register()
 runner = CliRunner()

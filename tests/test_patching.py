@@ -8,8 +8,9 @@ from tiny_models import CONFIGS, make_model, sample_ids
 from torch import nn
 
 from steer_cli.errors import SteerError
-from steer_cli.patching import ARCHITECTURES, attach_steering, locate
+from steer_cli.patching.archs import ARCHITECTURES, locate
 from steer_cli.patching.setups import prepare_setup
+from steer_cli.patching.steering import attach_steering
 
 MODEL_TYPES = list(CONFIGS)
 

@@ -16,7 +16,7 @@ import torch
 from demo_runs import demo_env, train_demo
 
 from steer_cli.preempt import EXIT_PREEMPTED
-from steer_cli.vectors import load_vectors
+from steer_cli.vectors.file import load_vectors
 
 
 def _stopped_lines(result):

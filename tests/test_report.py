@@ -13,8 +13,9 @@ from cli_helpers import one_line_error
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
-from steer_cli.report import collect, report
-from steer_cli.report_tables import human_bytes, human_count, human_seconds
+from steer_cli.report.collect import collect
+from steer_cli.report.run import report
+from steer_cli.report.tables import human_bytes, human_count, human_seconds
 
 _register()
 runner = CliRunner()

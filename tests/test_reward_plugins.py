@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
-from steer_cli.reward_plugins import check_values, exact_match, normalise_text, parse_reward, reward_sha256
-from steer_cli.rewards import Grader, Score
+from steer_cli.rewards.grading import exact_match, normalise_text
+from steer_cli.rewards.plugins import check_values, parse_reward, reward_sha256
+from steer_cli.rewards.pool import Grader, Score
 
 _register()
 runner = CliRunner()

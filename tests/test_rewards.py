@@ -11,16 +11,9 @@ import time
 import pytest
 
 from steer_cli.errors import SteerError
-from steer_cli.rewards import (
-    Grade,
-    Grader,
-    extract_answer,
-    extract_boxed,
-    gold_text,
-    gold_to_boxed,
-    is_correct,
-    strict_match,
-)
+from steer_cli.rewards.extraction import extract_answer, extract_boxed, gold_text, gold_to_boxed
+from steer_cli.rewards.grading import is_correct, strict_match
+from steer_cli.rewards.pool import Grade, Grader
 
 TIMEOUT = 2.0
 # 10^(10^10) alone has ten billion digits: sympy never finishes; math-verify's alarm fires at 5 s.

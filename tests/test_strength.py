@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from steer_cli.cli import _register, app
 from steer_cli.errors import SteerError
 from steer_cli.patching.steering import attach_steering
-from steer_cli.strength import (
+from steer_cli.patching.strength import (
     describe,
     format_layers,
     kept_layers,
@@ -21,7 +21,7 @@ from steer_cli.strength import (
     parse_scales,
     scaled_vectors,
 )
-from steer_cli.vectors import save_vectors
+from steer_cli.vectors.file import save_vectors
 
 _register()
 runner = CliRunner()
@@ -157,7 +157,7 @@ def test_extract_gguf_with_scale_and_layers(tmp_path):
 
 
 def test_extract_safetensors_records_scale(tmp_path):
-    from steer_cli.vectors import load_vectors
+    from steer_cli.vectors.file import load_vectors
 
     v = torch.randn(3, 5)
     src = tmp_path / "v.safetensors"

@@ -65,7 +65,7 @@ def test_terminal_gets_the_drawn_table_and_a_pipe_the_plain_one():
 def test_eval_table_piped_is_one_line_per_benchmark(capsys):
     from rich.table import Table as RichTable
 
-    from steer_cli.evaluate import results_table
+    from steer_cli.evaluate.summary import results_table
     from steer_cli.terminal import stdout_console
 
     def summary(label, value):

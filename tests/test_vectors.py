@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from steer_cli.errors import SteerError
-from steer_cli.vectors import check_fits, load_vectors, save_vectors, unembed_sha256
+from steer_cli.vectors.file import check_fits, load_vectors, save_vectors, unembed_sha256
 
 
 def test_round_trip_keeps_values_and_metadata(tmp_path):

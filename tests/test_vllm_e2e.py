@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from steer_cli.cli import _register, app
-from steer_cli.vectors import load_vectors, save_vectors
+from steer_cli.vectors.file import load_vectors, save_vectors
 
 pytestmark = pytest.mark.vllm
 _register()

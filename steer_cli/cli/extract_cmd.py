@@ -47,7 +47,7 @@ def extract_command(
                                                                          "(gguf: left out)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
-    from steer_cli.extract import extract
+    from steer_cli.vectors.extract import extract
 
     factor = run_command(one_scale, scale)
     keep = run_command(layer_spec, layers)

@@ -71,32 +71,32 @@ def generate_command(
 
 def _generate(*, run: Optional[Path], vectors: Optional[Path], adapter: Optional[Path], config: Optional[Path],
               sets: Optional[list[str]], flags: dict[str, Any], print_settings: bool) -> Any:
-    from steer_cli import evaluate as ev
-    from steer_cli.generate import dataset_prompts, generate, read_prompt_file
+    from steer_cli.evaluate.generate import dataset_prompts, generate, read_prompt_file
+    from steer_cli.evaluate.targets import base_model_of, plan_targets, resolve_run, run_settings_layer
 
     if sum(x is not None for x in (run, vectors, adapter)) > 1:
         raise SteerError("give one of --run, --vectors and --adapter: the trained side of the comparison")
     run_dir = checkpoint = None
     if run is not None:
-        run_dir, checkpoint = ev.resolve_run(run)
+        run_dir, checkpoint = resolve_run(run)
     elif vectors is None and adapter is None:
         if flags.get("model.name"):
             raise SteerError("--model alone leaves nothing to compare with; add --vectors FILE or --adapter DIR, "
                              "or pass --run RUN")
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
-        run_dir, checkpoint = ev.resolve_run(latest_run(runs_dir, kind="train"))
+        run_dir, checkpoint = resolve_run(latest_run(runs_dir, kind="train"))
         info(f"using the most recent training run: {run_dir} ({checkpoint.name})")
     if run_dir is not None:
         settings = settings_from_cli(preset=None, config=config, sets=sets, flags=flags,
-                                     base=ev.run_settings_layer(run_dir), infer_preset=False)
+                                     base=run_settings_layer(run_dir), infer_preset=False)
     else:
         if flags.get("model.name") is None:
-            flags = dict(flags, **{"model.name": ev.base_model_of(vectors=vectors, adapter=adapter)})
+            flags = dict(flags, **{"model.name": base_model_of(vectors=vectors, adapter=adapter)})
         settings = settings_from_cli(preset=None, config=config, sets=sets, flags=flags, infer_preset=False)
     if print_settings:
         print(settings.to_yaml(), end="")
         return None
-    (target,) = ev.plan_targets(settings, run=run_dir, checkpoint=checkpoint, vectors=vectors, adapter=adapter,
+    (target,) = plan_targets(settings, run=run_dir, checkpoint=checkpoint, vectors=vectors, adapter=adapter,
                                 with_base=False, strengths=False)
     g = settings.generate
     prompts = list(g.prompts)
@@ -113,7 +113,7 @@ def _print_table(out: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from steer_cli.strength import format_scale
+    from steer_cli.patching.strength import format_scale
     from steer_cli.terminal import print_table, stdout_console
 
     several = len(out.steered) > 1

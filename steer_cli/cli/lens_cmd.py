@@ -33,19 +33,20 @@ def lens_command(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
     """Read steering vectors through the logit lens (paper section 4.2)."""
-    from steer_cli import lens
+    from steer_cli.lens import compare as lens_compare
+    from steer_cli.lens import logit as lens
     from steer_cli.terminal import stdout_console
 
     if compare is not None:
-        result = run_command(lens.compare_vectors, target, compare, runs_dir=runs_dir)
+        result = run_command(lens_compare.compare_vectors, target, compare, runs_dir=runs_dir)
         for note in result.notes:
             _say(note)
         if as_json:
             print(json.dumps(result.to_json(), indent=2))
         else:
-            lens.render_compare(result, stdout_console())
+            lens_compare.render_compare(result, stdout_console())
         if plot is not None:
-            from steer_cli.plots import plot_compare
+            from steer_cli.lens.plots import plot_compare
 
             _say(f"wrote {run_command(plot_compare, result, plot)}")
         return
@@ -58,6 +59,6 @@ def lens_command(
     else:
         lens.render_lens(result, stdout_console(), show=max(1, min(show, top_k)))
     if plot is not None:
-        from steer_cli.plots import plot_lens
+        from steer_cli.lens.plots import plot_lens
 
         _say(f"wrote {run_command(plot_lens, result, plot)}")

@@ -54,7 +54,7 @@ def merge_command(
             fail("--fold needs --vectors FILE")
         if mean or fill_zeros or fmt:
             fail("--mean, --fill-zeros and --format apply to stacking, not to --fold")
-        from steer_cli.merge import fold_to_dir
+        from steer_cli.vectors.merge import fold_to_dir
 
         result = run_command(fold_to_dir, vectors, output, model=model, overwrite=overwrite, scale=factor,
                              layers=keep)
@@ -69,7 +69,7 @@ def merge_command(
         fail("--scale and --layers go with --fold; to scale a vectors file use steer extract FILE --scale A -o OUT")
     if not files:
         fail("give the vectors files to merge: steer merge A.safetensors B.safetensors -o merged.safetensors")
-    from steer_cli.merge import merge_files
+    from steer_cli.vectors.merge import merge_files
 
     result = run_command(merge_files, files, output, mean=mean, fill_zeros=fill_zeros, overwrite=overwrite, fmt=fmt)
     for note in result.notes:

@@ -21,7 +21,7 @@ def report_command(
     """Print the paper's tables: accuracy (Table 1), train/test pairs (Table 4), resource cost (Table 3)."""
     from rich.markup import escape
 
-    from steer_cli.report import report
+    from steer_cli.report.run import report
 
     out = run_command(report, dirs or None, fmt=fmt, plot_dir=plot)
     for note in out.notes:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, guess_fields, rows_to_problems
 from steer_cli.errors import SteerError
@@ -221,8 +223,6 @@ def _convert(rows: list[dict[str, Any]], fields: FieldMap, *, source: str, where
 
 def _hub_rows(hub: HubSource, name: str) -> list[dict[str, Any]]:
     """Rows from the Hugging Face Hub (needs network access or a filled datasets cache)."""
-    import datasets
-
     rows: list[dict[str, Any]] = []
     for config in hub.configs:
         label = hub.path + (f" ({config})" if config else "")

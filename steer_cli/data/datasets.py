@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from steer_cli.data.files import SUPPORTED_SUFFIXES, is_data_file_name, locate_data_file, read_rows, source_name
 from steer_cli.data.records import FieldMap, Problem, columns_of, guess_fields, rows_to_problems
+from steer_cli import demo
 from steer_cli.errors import SteerError
 
 
@@ -56,9 +59,7 @@ def load_train_set(
     text = str(name_or_path)
     key = text.lower()
     if key == "demo" and not isinstance(name_or_path, Path):
-        from steer_cli.demo import DEMO_DATA_DIR
-
-        name_or_path = DEMO_DATA_DIR / f"{split}.jsonl"
+        name_or_path = demo.DEMO_DATA_DIR / f"{split}.jsonl"
         text = str(name_or_path)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SteerError(
@@ -129,8 +130,6 @@ def _convert(
 
 def _hub_rows(hub_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
     """Rows of a hub dataset (needs network access or a filled datasets cache)."""
-    import datasets
-
     label = hub_id + (f" ({config})" if config else "")
     try:
         ds = datasets.load_dataset(hub_id, config, split=split)

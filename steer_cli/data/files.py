@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from steer_cli.errors import SteerError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -99,8 +101,6 @@ def _rows_from_json(data: Any) -> list[dict[str, Any]] | None:
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a damaged or foreign file

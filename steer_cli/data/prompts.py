@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from transformers import GenerationConfig
+
 from steer_cli.errors import SteerError
+from steer_cli.models import load_config, quiet_transformers, resolve_model
 
 TEMPLATES = ("qwen_math", "chat", "r1", "plain", "custom")
 
@@ -111,9 +114,6 @@ def stop_token_ids(tokenizer: Any, stops: list[str] | tuple[str, ...] = (),
 def model_eos_ids(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> tuple[int, ...]:
     """Every id in the model's ``generation_config.eos_token_id`` (``generation_config.json``), else
     in its config's ``eos_token_id``; () when neither names one."""
-    from transformers import GenerationConfig
-
-    from steer_cli.models import load_config, quiet_transformers, resolve_model
 
     quiet_transformers()
     try:

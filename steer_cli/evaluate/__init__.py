@@ -5,7 +5,7 @@ Protocol (fact sheet section 4): samples per problem from the benchmark (32 for 
 temperature 0 (greedy) for a base model and 1.0 / top_p 1.0 for a trained one unless set; greedy
 forces one sample and one seed; metrics avg@k, pass@1, mean@k per seed, then mean ± std over seeds;
 the paper's Average is the per-seed mean of the benchmarks' primary metrics. Prompts and grading
-are those of training (``render_prompt``, ``rewards.Grader``).
+are those of training (``render_prompt``, ``rewards.pool.Grader``).
 
 Output directory of one evaluated thing ("target"):
 
@@ -23,49 +23,9 @@ shards dealt to the processes of a ``torchrun`` / ``accelerate launch`` (``paral
 ``shards``); each is written whole when done (temporary file, then rename), so a re-run with the
 same protocol skips finished (benchmark, seed) files and finished shards, and rebuilds
 ``summary.json``.
+
+Modules: protocol, benchmarks, targets, models (what is loaded), generation, shards, parallel,
+outputs, summary, metrics (pure), rewards (``--reward``), progress, run (``evaluate``) and generate
+(``steer generate``). May import: patching, rollout, rewards, data, vectors, models, train.checkpoint
+and the top-level helpers; nothing here imports report, lens or study.
 """
-
-from __future__ import annotations
-
-from steer_cli.evaluate.benchmarks import (
-    DEMO_BENCHMARK,
-    BenchmarkData,
-    load_benchmarks,
-    load_eval_benchmark,
-    resolve_eval_benchmarks,
-)
-from steer_cli.evaluate.generation import BenchInputs, run_shards
-from steer_cli.evaluate.models import EvalModels, LoadedVectors, load_target_vectors, model_dims, vllm_factory
-from steer_cli.evaluate.outputs import (
-    FORMAT_VERSION,
-    SUMMARY_KIND,
-    TARGET_KIND,
-    check_output_dir,
-    read_results,
-    results_path,
-    write_results,
-)
-from steer_cli.evaluate.parallel import Coordinator, Launch, ReportedByMain, launch_from_env
-from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
-from steer_cli.evaluate.run import evaluate
-from steer_cli.evaluate.shards import Shard, merge_shards, plan_shards, problem_keys, sample_seed
-from steer_cli.evaluate.summary import build_summary, describe_protocol, results_table
-from steer_cli.evaluate.targets import (
-    Target,
-    base_model_of,
-    checkpoint_artifact,
-    is_training_run,
-    plan_targets,
-    resolve_run,
-    run_settings_layer,
-)
-
-__all__ = [
-    "DEMO_BENCHMARK", "BenchmarkData", "load_benchmarks", "load_eval_benchmark", "resolve_eval_benchmarks",
-    "BenchInputs", "run_shards", "Coordinator", "Launch", "ReportedByMain", "launch_from_env", "Shard",
-    "merge_shards", "plan_shards", "problem_keys", "sample_seed", "EvalModels", "LoadedVectors", "load_target_vectors", "model_dims", "vllm_factory",
-    "FORMAT_VERSION", "SUMMARY_KIND", "TARGET_KIND", "check_output_dir", "read_results", "results_path",
-    "write_results", "Protocol", "identity", "resolve_protocol", "evaluate", "build_summary", "describe_protocol",
-    "results_table", "Target", "base_model_of", "checkpoint_artifact", "is_training_run", "plan_targets",
-    "resolve_run", "run_settings_layer",
-]

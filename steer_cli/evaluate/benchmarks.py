@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from steer_cli import demo
 from steer_cli.data.benchmarks import BENCHMARKS, Benchmark, HubSource, load_benchmark, resolve_benchmarks
 from steer_cli.data.records import FieldMap, Problem
 from steer_cli.errors import SteerError
@@ -47,8 +48,6 @@ def _slug(text: str) -> str:
 def load_eval_benchmark(name: str, *, data_dir: Optional[str], limit: Optional[int],
                         fields: Optional[FieldMap] = None) -> BenchmarkData:
     if name == "demo":
-        from steer_cli import demo
-
         path = demo.DEMO_DATA_DIR / "test.jsonl"
         if not path.is_file():
             raise SteerError(f"the demo test split {path} is missing; reinstall steer-cli")

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 from steer_cli.data.records import Problem
 from steer_cli.evaluate.outputs import write_results
 from steer_cli.evaluate.shards import Shard, problem_keys, sample_seed
+from steer_cli.rollout.base import SampleRequest, completion_budgets
 
 
 @dataclass
@@ -23,8 +24,6 @@ class BenchInputs:
     @classmethod
     def build(cls, problems: Sequence[Problem], prompts: Sequence[Sequence[int]], *,
               max_new_tokens: Optional[int], max_seq_length: Optional[int]) -> "BenchInputs":
-        from steer_cli.rollout.base import completion_budgets
-
         budgets = completion_budgets([len(p) for p in prompts], max_new_tokens, max_seq_length)
         return cls(list(problems), [tuple(int(t) for t in p) for p in prompts], list(budgets), problem_keys(problems))
 
@@ -36,8 +35,6 @@ def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[
     one unseeded request per problem), grade a shard once its samples are in, write it, call
     ``written``. The backend sees all requests at once (vLLM schedules them; hf batches them).
     ``scorer`` (``eval.reward``) adds each sample's ``reward``."""
-    from steer_cli.rollout.base import SampleRequest
-
     requests: list[SampleRequest] = []
     where: list[tuple[int, int, int]] = []  # (shard, problem, sample) of each request
     group = 0

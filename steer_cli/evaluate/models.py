@@ -10,9 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import torch
+from peft import PeftModel
+from transformers import AutoConfig
+
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.targets import Target
+from steer_cli.models import load_causal_lm, quiet_transformers, resolve_model
+from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
+from steer_cli.patching.steering import attach_steering
+from steer_cli.patching.strength import kept_layers, scaled_vectors
+from steer_cli.rollout.hf import HFBackend
 from steer_cli.settings import Settings
+from steer_cli.vectors.file import check_fits, load_vectors
 
 
 @dataclass
@@ -25,9 +35,6 @@ class LoadedVectors:
 
 def model_dims(settings: Settings, name: Optional[str] = None) -> tuple[int, int]:
     """(num_layers, hidden_size) from the model's config, without loading weights."""
-    from transformers import AutoConfig
-
-    from steer_cli.models import quiet_transformers, resolve_model
 
     quiet_transformers()
     path = resolve_model(name or settings.model.name)
@@ -47,9 +54,6 @@ def model_dims(settings: Settings, name: Optional[str] = None) -> tuple[int, int
 
 def load_target_vectors(path: Path, settings: Settings, dims: tuple[int, int]) -> LoadedVectors:
     """Read a vectors file and check it fits the model (both shapes named if not)."""
-    import torch
-
-    from steer_cli.vectors import check_fits, load_vectors
 
     tensor, meta = load_vectors(path)
     check_fits(tensor, dims[0], dims[1], source=path)
@@ -70,13 +74,9 @@ class EvalModels:
         self._base: Any = None
 
     def _device(self) -> str:
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _load(self, name: str) -> Any:
-        from steer_cli.models import load_causal_lm
-
         m = self.s.model
         return load_causal_lm(name, dtype=m.dtype, device=self._device(), revision=m.revision,
                               trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
@@ -91,14 +91,11 @@ class EvalModels:
         if self.s.rollout.backend == "vllm":
             yield from self._vllm(target, vectors)
             return
-        from steer_cli.rollout.hf import HFBackend
 
         batch = self.s.rollout.batch_prompts
         if target.setup == "base":
             yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
         elif target.setup == "steering":
-            from steer_cli.patching.steering import attach_steering
-
             assert vectors is not None
             handle = attach_steering(self._base_model(), vectors.tensor, layers=vectors.layers,
                                      place=vectors.place, trainable=False, scale=target.scale,
@@ -108,8 +105,6 @@ class EvalModels:
             finally:
                 handle.remove()
         elif target.setup == "lora":
-            from peft import PeftModel
-
             model = PeftModel.from_pretrained(self._base_model(), str(target.adapter), is_trainable=False)
             model.eval()
             self._base = None  # the adapter's layers now live in the base model's modules
@@ -127,14 +122,10 @@ class EvalModels:
                 del model
 
     def _vllm(self, target: Target, vectors: Optional[LoadedVectors]) -> Iterator[Any]:
-        from steer_cli.models import resolve_model
-
         make_eval_backend = vllm_factory()
 
         tensor = None
         if vectors is not None:
-            from steer_cli.strength import kept_layers, scaled_vectors
-
             # the engine adds every row: those of unsteered (or left-out) layers must be zero
             kept = kept_layers(vectors.layers, target.layers, vectors.tensor.shape[0])
             tensor = scaled_vectors(vectors.tensor, target.scale, kept)
@@ -155,11 +146,8 @@ def plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:
     """vLLM puts an adapter on the original weights. Training writes PiSSA adapters converted
     for that; an unconverted one (saved as trained, for W - B0 A0) is converted here, on a CPU
     copy of the base model. (The hf backend loads either kind as it is: peft reruns PiSSA.)"""
-    from steer_cli.patching.setups import convert_pissa_adapter, is_pissa_adapter
-
     if not is_pissa_adapter(adapter):
         return str(adapter)
-    from steer_cli.models import load_causal_lm
 
     m = settings.model
     base = load_causal_lm(m.name, dtype=m.dtype, device="cpu", revision=m.revision,
@@ -170,6 +158,7 @@ def plain_adapter(settings: Settings, adapter: Path, tmp: Path) -> str:
 def vllm_factory() -> Callable[..., Any]:
     """``steer_cli.rollout.factory.make_eval_backend(settings, model_path, vectors=, adapter=)``."""
     try:
+        # lazy: the vLLM backend is an optional extra; its absence is a one-line error here
         from steer_cli.rollout.factory import make_eval_backend
     except ImportError as err:
         raise SteerError(f"vLLM backend not available ({err}); use --backend hf") from None

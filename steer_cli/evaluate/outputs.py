@@ -10,9 +10,9 @@ from typing import Any, Optional, Sequence
 
 from steer_cli.data.records import Problem
 from steer_cli.errors import SteerError
-from steer_cli.evaluate.targets import is_training_run
 from steer_cli.io import atomic_path, atomic_write_json, atomic_write_text, clear_dir
 from steer_cli.lock import is_lock_file
+from steer_cli.runs import is_training_run
 from steer_cli.settings import Settings
 
 SUMMARY_KIND = "steer-eval"

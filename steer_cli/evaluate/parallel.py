@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import torch
+from torch.distributed import rendezvous
+
 from steer_cli.errors import SteerError
 
 # How long a process waits for the others to finish a checking phase (loading tokenizers and
@@ -85,7 +88,6 @@ def bind_devices(launch: Launch, per_process: int) -> Optional[list[str]]:
     spawns) land there. Nothing to do for one process per node or without GPUs; returns the GPUs taken."""
     if launch.local_world <= 1:
         return None
-    import torch
 
     count = torch.cuda.device_count()  # NVML: does not start CUDA, so the variable still applies
     if count == 0:
@@ -118,7 +120,6 @@ class Coordinator:
             # Other processes print nothing but errors: their vLLM engines (and the processes those
             # start, which inherit this) log warnings and errors only.
             os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        from torch.distributed import rendezvous
 
         try:
             store, _, _ = next(rendezvous("env://", timeout=PHASE_TIMEOUT))

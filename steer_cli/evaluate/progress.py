@@ -11,11 +11,12 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 
 class Reporter:
     def __init__(self, interactive: Optional[bool] = None, *, enabled: bool = True) -> None:
-        from rich.console import Console
-
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines stay whole
         self.enabled = enabled
         self.interactive = enabled and (sys.stderr.isatty() if interactive is None else interactive)
@@ -50,7 +51,6 @@ class Reporter:
         if not self.interactive:
             self.say(f"{description}: {total} samples ...")
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("samples"), TimeElapsedColumn(), console=self.console, transient=True)

@@ -12,6 +12,7 @@ from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.benchmarks import BenchmarkData
 from steer_cli.evaluate.targets import Target
+from steer_cli.rewards.plugins import parse_reward, reward_sha256
 from steer_cli.settings import Settings
 
 if TYPE_CHECKING:
@@ -100,8 +101,6 @@ def identity(settings: Settings, target: Target, proto: Protocol, vectors: Optio
     if target.layers is not None:
         ident["inference_layers"] = list(target.layers)
     if settings.eval.reward is not None:
-        from steer_cli.reward_plugins import parse_reward, reward_sha256
-
         spec = parse_reward(settings.eval.reward)
         ident["reward"] = spec.text
         ident["reward_sha256"] = reward_sha256(spec)

@@ -13,6 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from steer_cli.rewards import pool
+from steer_cli.rewards.plugins import parse_reward, reward_sha256
+from steer_cli.rewards.texts import reward_texts
 from steer_cli.settings import Settings
 
 
@@ -20,13 +23,10 @@ class RewardScorer:
     """A grader for ``eval.reward`` with the run's template and timeouts (``train.grader_*``)."""
 
     def __init__(self, settings: Settings, tokenizer: Any) -> None:
-        from steer_cli.reward_plugins import parse_reward, reward_sha256
-        from steer_cli.rewards import Grader
-
         self.spec = parse_reward(settings.eval.reward)
         self.sha256 = reward_sha256(self.spec)
         self.tokenizer = tokenizer
-        self.grader = Grader(num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
+        self.grader = pool.Grader(num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,
                              template=settings.prompt.template,
                              truncated_box_fallback=settings.train.grade_truncated_box, reward=self.spec.text)
 
@@ -36,8 +36,6 @@ class RewardScorer:
             self.grader.dry_run([problem.answer, ""], problem.answer, problem.row)
 
     def __call__(self, completions: Sequence[Any], problems: Sequence[Any]) -> list[Optional[float]]:
-        from steer_cli.reward_plugins import reward_texts
-
         texts = reward_texts(completions, self.tokenizer, self.spec.text)
         if self.grader.plugin:
             return [s.value for s in self.grader.score([(t, p.answer, p.row) for t, p in zip(texts, problems)])]

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from steer_cli import eval_metrics as M
+import steer_cli.evaluate.metrics as M
+from steer_cli.data.prompts import completion_stop_ids, render_prompt
 from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.evaluate.benchmarks import BenchmarkData, load_benchmarks
@@ -35,11 +36,19 @@ from steer_cli.evaluate.outputs import (
 from steer_cli.evaluate.parallel import Coordinator, bind_devices
 from steer_cli.evaluate.progress import Reporter
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
-from steer_cli.evaluate.rewards import lines_rewards, read_rewards
+from steer_cli.evaluate.rewards import RewardScorer, lines_rewards, read_rewards
 from steer_cli.evaluate.shards import Shard, deal, finished_lines, merge_shards, plan_shards, remove_shards
 from steer_cli.evaluate.summary import build_summary
 from steer_cli.evaluate.targets import Target
 from steer_cli.io import atomic_write_json
+from steer_cli.lock import hold_dir
+from steer_cli.models import load_tokenizer, resolve_model
+from steer_cli.patching.strength import kept_layers
+from steer_cli.preempt import StopSignals
+from steer_cli.rewards import pool as rewards
+from steer_cli.rollout.base import SamplingSpec
+from steer_cli.rollout.factory import engine_dtype
+from steer_cli.rollout.vllm import check_supported, model_architecture
 from steer_cli.settings import Settings
 
 
@@ -69,7 +78,6 @@ def _check(settings: Settings, targets: Sequence[Target], fields: Optional[Field
             dims = dims or model_dims(settings)
             vectors = load_target_vectors(t.vectors, settings, dims)
             if t.layers is not None:  # a --layers subset that keeps nothing fails before any write
-                from steer_cli.strength import kept_layers
 
                 kept_layers(vectors.layers, t.layers, dims[0])
         proto = resolve_protocol(settings, t)
@@ -119,13 +127,8 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
                  stack: contextlib.ExitStack) -> _Inputs:
     """Tokenizer, stop set and prompts; for vLLM, that the engine can run each target; with
     ``eval.reward``, the scorer after a trial call of its plug-in (reads only)."""
-    from steer_cli.data.prompts import completion_stop_ids, render_prompt
-    from steer_cli.models import load_tokenizer, resolve_model
-
     if settings.rollout.backend == "vllm":
         vllm_factory()
-        from steer_cli.rollout.factory import engine_dtype
-        from steer_cli.rollout.vllm import check_supported, model_architecture
 
         engine_dtype(settings.model.dtype)
         for plan in plans:
@@ -140,8 +143,6 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
                for b in benches}
     scorer = None
     if settings.eval.reward is not None:
-        from steer_cli.evaluate.rewards import RewardScorer
-
         scorer = RewardScorer(settings, tokenizer)
         stack.callback(scorer.close)
         scorer.check(benches[0].problems[0])  # a broken plug-in fails before anything is written
@@ -256,9 +257,6 @@ def evaluate(
     for the whole call (one writer per directory); SIGTERM/SIGUSR1 stop every process at once
     (``Interrupted``, exit code 75) keeping the finished shards, so the same command continues.
     """
-    from steer_cli.lock import hold_dir
-    from steer_cli.preempt import StopSignals
-
     coord = coord or Coordinator()
     outs = list(dict.fromkeys(t.output_dir for t in targets if t.output_dir is not None))
     with contextlib.ExitStack() as stack:
@@ -278,8 +276,6 @@ def evaluate(
 
 def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional[FieldMap],
               interactive: Optional[bool], coord: Coordinator, outer: contextlib.ExitStack) -> list[dict[str, Any]]:
-    from steer_cli.rollout.base import SamplingSpec
-
     started = time.perf_counter()
     reporter = Reporter(interactive, enabled=coord.main)
     benches, plans = coord.agree("check", lambda: _check(settings, targets, fields, coord))
@@ -305,8 +301,6 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
                 continue
             assert inputs is not None
             if grader is None:
-                from steer_cli import rewards
-
                 p = settings.prompt
                 grader = stack.enter_context(rewards.Grader(
                     num_workers=settings.train.grader_workers, timeout=settings.train.grade_timeout,

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from steer_cli import eval_metrics as M
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+import steer_cli.evaluate.metrics as M
 from steer_cli.evaluate.benchmarks import BenchmarkData
 from steer_cli.evaluate.outputs import FORMAT_VERSION, SUMMARY_KIND, abs_path
 from steer_cli.evaluate.protocol import Protocol
+from steer_cli.evaluate.rewards import reward_summary
 from steer_cli.evaluate.targets import Target
+from steer_cli.rewards.plugins import parse_reward, reward_sha256
 from steer_cli.settings import Settings
 
 
@@ -30,13 +36,9 @@ def build_summary(target: Target, settings: Settings, proto: Protocol, benches: 
                               **result}
         primary[b.name] = {seed: M.primary_value(v, metric) for seed, v in result["per_seed"].items()}
         if settings.eval.reward is not None and rewards is not None:
-            from steer_cli.evaluate.rewards import reward_summary
-
             benchmarks[b.name]["reward"] = reward_summary({s: rewards[(b.name, s)] for s in proto.seeds})
     extra: dict[str, Any] = {}
     if settings.eval.reward is not None:
-        from steer_cli.reward_plugins import parse_reward, reward_sha256
-
         spec = parse_reward(settings.eval.reward)
         extra["reward"] = {"name": spec.text, "sha256": reward_sha256(spec)}
     return {
@@ -86,8 +88,6 @@ def describe_protocol(summary: dict[str, Any]) -> str:
 def results_table(summaries: Sequence[dict[str, Any]]) -> Any:
     """A rich table (rows = benchmarks + Average, columns = evaluated targets, accuracy x100) and a
     line per target saying how it was sampled."""
-    from rich.table import Table
-
     table = Table(title="steer eval: accuracy (%)")
     table.add_column("Benchmark")
     names: list[str] = []
@@ -119,8 +119,6 @@ def results_table(summaries: Sequence[dict[str, Any]]) -> Any:
         row = ["Average"] + ([""] if same_metric else [])
         row += [_cell(s["average"], len(s["seeds"])) for s in summaries]
         table.add_row(*row)
-    from rich.console import Group
-    from rich.text import Text
 
     notes = [Text(f"{s['label']}: {describe_protocol(s)}", style="dim") for s in summaries]
     reward = next((s["reward"]["name"] for s in summaries if s.get("reward")), None)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from steer_cli.errors import SteerError
+from steer_cli.models import model_slug
+from steer_cli.patching.strength import format_layers, format_scale
+from steer_cli.runs import CHECKPOINT_DIR_RE, is_training_run
 from steer_cli.settings import Layer, Settings, read_yaml_file
-
-_CKPT_RE = re.compile(r"^(final|checkpoint-\d+)$")
+from steer_cli.vectors.file import load_vectors
 
 
 @dataclass
@@ -50,15 +52,6 @@ def _adapter_rank(adapter: Path) -> Optional[int]:
     return rank if isinstance(rank, int) else None
 
 
-def is_training_run(path: Path) -> bool:
-    """A ``steer train`` output directory: settings.yaml plus metrics or checkpoints."""
-    if not (path / "settings.yaml").is_file():
-        return False
-    if (path / "metrics.jsonl").is_file():
-        return True
-    return any(c.is_dir() and _CKPT_RE.match(c.name) for c in path.iterdir())
-
-
 def resolve_run(path: str | Path) -> tuple[Path, Path]:
     """``(run_dir, checkpoint_dir)`` from a run directory (its ``final/``, else its latest
     checkpoint), a checkpoint directory, or a file/folder inside one."""
@@ -67,14 +60,14 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
         raise SteerError(f"{path} does not exist; pass a training run directory (or one of its checkpoints), "
                          "or --model")
     if path.is_file():
-        if path.name == "vectors.safetensors" and _CKPT_RE.match(path.parent.name):
+        if path.name == "vectors.safetensors" and CHECKPOINT_DIR_RE.match(path.parent.name):
             path = path.parent
         else:
             raise SteerError(f"{path} is a file, not a training run; evaluate a vectors file with "
                              "--model M --vectors FILE")
-    if path.name in ("model", "adapter") and _CKPT_RE.match(path.parent.name):
+    if path.name in ("model", "adapter") and CHECKPOINT_DIR_RE.match(path.parent.name):
         path = path.parent
-    if _CKPT_RE.match(path.name) and is_training_run(path.parent):
+    if CHECKPOINT_DIR_RE.match(path.name) and is_training_run(path.parent):
         return path.parent, path
     if is_training_run(path):
         final = path / "final"
@@ -118,8 +111,6 @@ def checkpoint_artifact(ckpt: Path) -> tuple[str, Path]:
 def base_model_of(*, vectors: Optional[Path] = None, adapter: Optional[Path] = None) -> str:
     """The base model a vectors file or adapter records, for ``--vectors``/``--adapter`` without ``--model``."""
     if vectors is not None:
-        from steer_cli.vectors import load_vectors
-
         _, meta = load_vectors(vectors)
         name = meta.get("base_model")
         if not name:
@@ -202,17 +193,12 @@ def plan_targets(
         elif run is not None:
             t.output_dir = run / "eval" / t.label
         else:
-            from steer_cli.models import model_slug
-
             t.output_dir = Path(settings.output.runs_dir) / "eval" / model_slug(model) / t.label
     return targets
 
 
 def _strengths(trained: Target, settings: Settings) -> list[Target]:
     """One target per steering scale (and the layer subset), in the order given."""
-    from dataclasses import replace
-
-    from steer_cli.strength import format_layers, format_scale
 
     scales, layers = list(settings.inference.scale), settings.inference.layers
     if scales == [1.0] and layers is None:
@@ -233,8 +219,6 @@ def _strengths(trained: Target, settings: Settings) -> list[Target]:
 
 
 def _vectors_dataset(path: Path) -> Optional[str]:
-    from steer_cli.vectors import load_vectors
-
     _, meta = load_vectors(path)
     value = meta.get("dataset")
     return str(value) if value else None

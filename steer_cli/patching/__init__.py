@@ -1,6 +1,7 @@
-"""The model-patching layer: architecture table, steering vectors, training setups, folding."""
+"""The model-patching layer: the architecture table (``archs``), steering vectors and their hooks
+(``steering``), strength and layer subsets at inference (``strength``), the LoRA/full training
+setups (``setups``) and folding vectors into weights (``fold``).
 
-from steer_cli.patching.archs import ARCHITECTURES, ArchSpec, arch_for_config, locate
-from steer_cli.patching.steering import PLACES, SteeringHandle, attach_steering
-
-__all__ = ["ARCHITECTURES", "ArchSpec", "PLACES", "SteeringHandle", "arch_for_config", "attach_steering", "locate"]
+May import: models and the top-level helpers. ``strength`` imports no torch at top level: the
+settings (and so the CLI at startup) read its parsers.
+"""

@@ -25,11 +25,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import transformers
+from accelerate import init_empty_weights
 from torch import nn
+from transformers import LlamaConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from steer_cli.errors import SteerError
 from steer_cli.patching.archs import arch_for_config, locate
-from steer_cli.patching.steering import PLACES, check_shape
+from steer_cli.patching.steering import PLACES, attach_steering, check_shape
 
 # Why each family without an exact stock equivalent cannot be folded.
 _UNSUPPORTED: dict[str, str] = {
@@ -111,8 +115,6 @@ def fold_plan(config: Any, place: str = "layer_output") -> FoldPlan:
 
 
 def _causal_lm_class(model_type: str) -> str:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     if name is None:
         raise unsupported(model_type, "transformers has no causal-LM class for it")
@@ -120,8 +122,6 @@ def _causal_lm_class(model_type: str) -> str:
 
 
 def _llama_config(config: Any, *, attention_bias: bool) -> Any:
-    from transformers import LlamaConfig
-
     fields = {k: copy.deepcopy(getattr(config, k)) for k in _LLAMA_FIELDS if hasattr(config, k)}
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if config.hidden_size % config.num_attention_heads != 0:
@@ -147,8 +147,6 @@ def fold_vectors(
     ``vectors`` is [num_layers, hidden]; ``layers`` limits folding to those rows (default all), as
     ``attach_steering`` does. The input model is left unchanged (weights are shared, not copied).
     """
-    import transformers
-
     plan = fold_plan(model.config, place)
     located = locate(model)
     hidden = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
@@ -170,8 +168,6 @@ def fold_vectors(
 
 def _rebuild(model: nn.Module, cls: Any, config: Any) -> nn.Module:
     """``cls(config)`` holding ``model``'s tensors; parameters the new config adds are zeros."""
-    from accelerate import init_empty_weights
-
     ref = next(model.parameters())
     config = copy.deepcopy(config)
     config.dtype = ref.dtype
@@ -203,8 +199,6 @@ def _rebuild(model: nn.Module, cls: Any, config: Any) -> nn.Module:
 def fold_gap(base: nn.Module, folded: nn.Module, vectors: torch.Tensor, place: str,
              layers: Sequence[int] | None, input_ids: torch.Tensor) -> tuple[float, float]:
     """(max |logit difference|, max |logit|) between ``base`` steered by hooks and ``folded``."""
-    from steer_cli.patching.steering import attach_steering
-
     device = next(base.parameters()).device
     ids = input_ids.to(device)
     with torch.no_grad():

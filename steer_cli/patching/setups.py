@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import re
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 from torch import nn
 
 from steer_cli.errors import SteerError
 from steer_cli.patching.archs import locate
 from steer_cli.patching.steering import SteeringHandle, attach_steering
+from steer_cli.train.fsdp import gathered
 
 SETUPS = ("steering", "lora", "full")
 
@@ -64,8 +70,6 @@ class Trainable:
         if self.pissa_init is None:
             self.model.save_pretrained(str(path), safe_serialization=True)
         else:
-            import warnings
-
             init = Path(self._pissa_dir.name) / PISSA_INIT_NAME
             with warnings.catch_warnings():
                 # peft loads the initial adapter beside the PiSSA one for a moment, and warns of it
@@ -85,8 +89,6 @@ class Trainable:
 
     def autocast(self) -> Any:
         """Context for every forward pass of the policy (update and generation)."""
-        import contextlib
-
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         device = next(self.model.parameters()).device
@@ -94,9 +96,6 @@ class Trainable:
 
     def generation(self) -> Any:
         """Context for generating with the policy: autocast, and a sharded model gathered whole."""
-        import contextlib
-
-        from steer_cli.train.fsdp import gathered
 
         stack = contextlib.ExitStack()
         stack.enter_context(self.autocast())
@@ -113,7 +112,6 @@ class Trainable:
                 yield self.model
         elif self.kind == "lora" and self.pissa_init is not None:
             # Adapter off would leave W - B0 A0: the start is the adapter back at A0, B0.
-            from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
             trained = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
             set_peft_model_state_dict(self.model, self.pissa_init)
@@ -166,9 +164,6 @@ PISSA_INIT_NAME = "pissa_init"  # peft loads the initial adapter under its direc
 def keep_pissa_init(trainable: Trainable) -> Trainable:
     """Record a freshly PiSSA-initialised adapter's weights (memory, and a temporary adapter
     directory for peft's conversion); call before any training step."""
-    import tempfile
-
-    from peft import get_peft_model_state_dict
 
     trainable.pissa_init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(trainable.model).items()}
     trainable._pissa_dir = tempfile.TemporaryDirectory(prefix="steer-pissa-")
@@ -178,8 +173,6 @@ def keep_pissa_init(trainable: Trainable) -> Trainable:
 
 def is_pissa_adapter(adapter_dir: str | Path) -> bool:
     """True for an adapter saved as PiSSA trained it (applies to W - B0 A0, not to W)."""
-    import json
-
     try:
         config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     except (OSError, ValueError):
@@ -191,9 +184,6 @@ def convert_pissa_adapter(base_model: nn.Module, adapter_dir: str | Path, out_di
     """Rewrite an unconverted PiSSA adapter (``is_pissa_adapter``) as the plain rank-2r LoRA that
     applies to the original weights of ``base_model`` (which this modifies: PiSSA's initialisation
     is rerun on it to recover A0 and B0, deterministic from the base weights)."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     config = LoraConfig.from_pretrained(str(adapter_dir))
     config.inference_mode = False
     trainable = keep_pissa_init(Trainable("lora", get_peft_model(base_model, config), []))
@@ -235,8 +225,6 @@ def prepare_setup(
         return Trainable(kind, model, [handle.vectors], steering=handle,
                          info={"layers": list(handle.layers), "place": place})
     if kind == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
-
         model.requires_grad_(False)
         if adapter_dir is not None:
             peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from steer_cli.errors import SteerError
 from steer_cli.patching.archs import Located, locate
+from steer_cli.patching.strength import kept_layers, scaled_vectors
 
 PLACES = ("layer_output", "down_proj_bias")
 
@@ -150,8 +151,6 @@ def attach_steering(
     located = locate(model)
     num_layers = located.num_layers
     if scale != 1.0 or subset is not None:
-        from steer_cli.strength import kept_layers, scaled_vectors
-
         if trainable or vectors is None:
             raise SteerError("a steering scale or layer subset applies to given vectors at inference, "
                              "not to trainable ones")

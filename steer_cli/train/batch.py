@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from steer_cli.train.fsdp import is_sharded, logprob_head
 from steer_cli.train.objective import chunked_token_logprobs, token_logprobs
 
 
@@ -76,8 +77,6 @@ def completion_logprobs(model: Any, packed: Packed, temperature: float = 1.0, ch
                   position_ids=packed.position_ids, use_cache=False)
     split = split_unembedding(model) if chunk_tokens > 0 else None
     if split is not None:
-        from steer_cli.train.fsdp import is_sharded, logprob_head
-
         if is_sharded(model):
             # The head's weight is whole only inside the sharded root's forward: compute there.
             with logprob_head(model, packed.targets, temperature, chunk_tokens):

@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 
 from steer_cli.errors import SteerError
 from steer_cli.faults import maybe_die
 from steer_cli.io import atomic_dir, atomic_write_text
-from steer_cli.vectors import load_vectors, save_vectors
+from steer_cli.train.fsdp import load_model_state, load_optimizer_state, save_pretrained_gathered
+from steer_cli.vectors.file import load_vectors, save_vectors
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -42,8 +45,6 @@ def write_trained(directory: Path, trainable: Any, *, vectors_meta: dict[str, An
         if getattr(trainable, "pissa", False):
             trainable.model.save_pretrained(str(directory / PISSA_RESUME_DIR), safe_serialization=True)
     elif model_state is not None:
-        from steer_cli.train.fsdp import save_pretrained_gathered
-
         save_pretrained_gathered(trainable.model, model_state, directory / "model")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory / "model"))
@@ -169,15 +170,10 @@ def load_checkpoint(path: Path, trainable: Any, optimizer: torch.optim.Optimizer
         vectors, _ = load_vectors(path / "vectors.safetensors")
         trainable.steering.set(vectors)
     elif trainable.kind == "lora":
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         sub = PISSA_RESUME_DIR if (path / PISSA_RESUME_DIR).is_dir() else "adapter"
         weights = load_file(str(path / sub / "adapter_model.safetensors"))
         set_peft_model_state_dict(trainable.model, weights)
     elif sharded:
-        from steer_cli.train.fsdp import load_model_state, load_optimizer_state
-
         if not opt.get("fsdp"):
             raise SteerError(f"checkpoint {path} was written without FSDP; resume it without --fsdp")
         load_model_state(trainable.model, _read_model_dir(path / "model") if main else {})
@@ -214,8 +210,6 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def _read_model_dir(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     merged: dict[str, torch.Tensor] = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         merged.update(load_file(str(f)))

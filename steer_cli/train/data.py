@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from steer_cli.data.datasets import load_train_set
+from steer_cli.data.prompts import render_prompt
+from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
 from steer_cli.settings import Settings
 
@@ -42,10 +45,6 @@ class DataOrder:
 
 
 def load_examples(s: Settings, tokenizer: Any) -> tuple[list[Example], dict[str, int]]:
-    from steer_cli.data.datasets import load_train_set
-    from steer_cli.data.prompts import render_prompt
-    from steer_cli.data.records import FieldMap
-
     fields = None
     if s.data.problem_field or s.data.answer_field or s.data.answer_format:
         fields = FieldMap(problem=s.data.problem_field or "problem", answer=s.data.answer_field or "answer",

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 
 def step_line(m: dict[str, Any], total: int) -> str:
     parts = [
@@ -33,22 +36,12 @@ class Display:
         self.progress = None
         if not enabled:
             return
-        from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
         print(f"steer train: {info}", file=sys.stderr, flush=True)
         if start:
             print(f"resuming at step {start}", file=sys.stderr, flush=True)
         if sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
             self.progress = Progress(
                 TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),

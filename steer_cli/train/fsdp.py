@@ -19,19 +19,30 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from steer_cli.errors import SteerError
+from steer_cli.patching.archs import locate
+from steer_cli.train.objective import chunked_token_logprobs
 
 
 def ensure_process_group(device: torch.device) -> None:
     """FSDP needs a process group; a plain single-process ``steer train --fsdp`` gets one of size 1."""
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
@@ -43,9 +54,6 @@ def init_restarted_process_group() -> None:
     attempt only. torchrun keeps one key-value store across restarts, and a new worker would
     otherwise read the previous attempt's addresses and fail to connect ("Connection refused",
     pytorch/pytorch#167288). accelerate then uses this group as it is."""
-    import os
-
-    import torch.distributed as dist
 
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if attempt == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
@@ -57,8 +65,6 @@ def init_restarted_process_group() -> None:
 
 
 def fsdp_modules(model: nn.Module) -> list[Any]:
-    from torch.distributed.fsdp import FSDPModule
-
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
@@ -68,9 +74,6 @@ def is_sharded(model: nn.Module) -> bool:
 
 def shard_model(model: nn.Module, compute_dtype: torch.dtype, device: torch.device) -> nn.Module:
     """Shard ``model`` (float32 or ``compute_dtype`` parameters) in place; returns it."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from steer_cli.patching.archs import locate
 
     ensure_process_group(device)
     params = {p.dtype for p in model.parameters()}
@@ -119,9 +122,6 @@ def logprob_head(model: nn.Module, targets: torch.Tensor, temperature: float, ch
     becomes [batch, completion] float32 log-probs, and gradients reach the weight through FSDP's
     own hooks. ``model(..., logits_to_keep=C + 1)`` must be called with the shifted window.
     """
-    from steer_cli.patching.archs import locate
-    from steer_cli.train.objective import chunked_token_logprobs
-
     head = locate(model).unembed
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
@@ -138,15 +138,11 @@ def logprob_head(model: nn.Module, targets: torch.Tensor, temperature: float, ch
 def full_state_dict(model: nn.Module, *, to_cpu: bool = True) -> dict[str, torch.Tensor]:
     """Gathered parameters and buffers (a collective: every process calls it); with ``to_cpu`` only
     the main process gets them."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=to_cpu))
 
 
 def full_weights(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, whole tensor) one parameter at a time, on every process (for a vLLM weight sync)."""
-    from torch.distributed.tensor import DTensor
-
     for name, p in model.named_parameters():
         t = p.full_tensor() if isinstance(p, DTensor) else p.detach()
         yield name, (t.to(dtype) if dtype is not None else t)
@@ -154,8 +150,6 @@ def full_weights(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's state gathered and keyed by parameter name (collective; main process holds it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -174,8 +168,6 @@ def tied_weights(model: nn.Module) -> dict[str, str]:
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Scatter a gathered state dict (read by the main process; others pass {}) into the shards."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     for target, source in tied_weights(model).items():
         if state and target not in state and source in state:
             state[target] = state[source]
@@ -183,8 +175,6 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     set_optimizer_state_dict(model, optimizer, state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_write_text, clear_dir
 from steer_cli.lock import is_lock_file
+from steer_cli.models import model_slug
+from steer_cli.rewards.plugins import parse_reward
 from steer_cli.settings import Settings, diff_settings, load_settings_file
 from steer_cli.train.checkpoint import latest_checkpoint, remove_partial_checkpoints
 
@@ -26,8 +28,6 @@ def check_training_settings(s: Settings) -> None:
     if s.output.resume and s.output.overwrite:
         problems.append("--resume and --overwrite contradict each other; pick one")
     try:
-        from steer_cli.reward_plugins import parse_reward
-
         parse_reward(s.train.reward)
     except SteerError as err:
         problems.append(str(err))
@@ -58,8 +58,6 @@ def dataset_slug(name: str) -> str:
 
 
 def default_output_dir(s: Settings) -> Path:
-    from steer_cli.models import model_slug
-
     return (Path(s.output.runs_dir) / model_slug(s.model.name) / dataset_slug(s.data.dataset)
             / setup_label(s) / f"seed-{s.train.seed}")
 

@@ -8,6 +8,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from steer_cli.rewards.plugins import parse_reward, reward_sha256
+from steer_cli.rewards.texts import reward_texts
 from steer_cli.settings import Settings
 
 
@@ -15,8 +17,6 @@ def record_reward(s: Settings) -> None:
     """Set ``train.reward_sha256`` (the plug-in file's hash; None for math/exact) before the output
     directory is checked: it is written into settings.yaml, so --resume (``diff_settings``) refuses
     an edited plug-in."""
-    from steer_cli.reward_plugins import parse_reward, reward_sha256
-
     s.train.reward_sha256 = reward_sha256(parse_reward(s.train.reward))
 
 
@@ -24,8 +24,6 @@ def step_rewards(grader: Any, s: Settings, examples: Sequence[Any], groups: Sequ
                  tokenizer: Any) -> tuple[torch.Tensor, Optional[torch.Tensor], int]:
     """(rewards [prompts, n] float32, correctness [prompts, n] or None for a plug-in, how many
     items failed: plug-in calls that raised or overran, math grades that timed out)."""
-    from steer_cli.reward_plugins import reward_texts
-
     n = len(groups[0]) if groups else 0
     texts = reward_texts([c for g in groups for c in g], tokenizer, s.train.reward)
     if getattr(grader, "plugin", False):

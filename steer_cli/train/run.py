@@ -22,10 +22,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+from transformers import get_scheduler
 
+from steer_cli.data.prompts import completion_stop_ids
 from steer_cli.errors import Interrupted, SteerError
 from steer_cli.faults import maybe_die
 from steer_cli.io import append_jsonl
+from steer_cli.lock import hold_dir
+from steer_cli.models import load_causal_lm, load_config, load_tokenizer, pick_dtype
+from steer_cli.patching.archs import arch_for_config, locate
+from steer_cli.patching.setups import prepare_setup
+from steer_cli.preempt import StopSignals
+from steer_cli.rewards.pool import check_plugin, training_grader
+from steer_cli.rollout.base import SamplingSpec, completion_budgets
+from steer_cli.rollout.factory import engine_dtype, make_vllm_backend
+from steer_cli.rollout.hf import HFBackend
 from steer_cli.settings import Settings, flatten
 from steer_cli.train.checkpoint import (
     latest_checkpoint,
@@ -37,14 +50,26 @@ from steer_cli.train.checkpoint import (
     truncate_metrics,
 )
 from steer_cli.train.data import DataOrder, load_examples, step_seed
-from steer_cli.train.fsdp import init_restarted_process_group, training_state_bytes, whole
+from steer_cli.train.display import Display
+from steer_cli.train.fsdp import (
+    full_state_dict,
+    init_restarted_process_group,
+    optimizer_state,
+    shard_model,
+    training_state_bytes,
+    whole,
+)
+from steer_cli.train.objective import group_advantages
 from steer_cli.train.outputs import (
     check_output_dir,
     check_training_settings,
     default_output_dir,
     init_output_dir,
 )
+from steer_cli.train.rewarding import record_reward, step_rewards
 from steer_cli.train.stopping import StepDropped, rng_state, set_rng_state, stop_message
+from steer_cli.train.update import accumulate_policy_gradients
+from steer_cli.vectors.file import load_vectors, unembed_sha256
 
 # ------------------------------------------------------------------------------------ training
 
@@ -54,14 +79,11 @@ class Trainer:
     def __init__(self, settings: Settings) -> None:
         check_training_settings(settings)
         self.s = settings
-        from steer_cli.preempt import StopSignals
 
         self.stop = StopSignals(None)  # replaced by run(); here never set
 
     # -- setup -------------------------------------------------------------------------------
     def _init_distributed(self) -> None:
-        from accelerate import Accelerator
-
         trackers = list(self.s.train.trackers)
         kwargs: dict[str, Any] = {}
         if trackers:
@@ -82,21 +104,13 @@ class Trainer:
             )
 
     def _setup(self) -> None:
-        from steer_cli.data.prompts import completion_stop_ids
-        from steer_cli.models import load_causal_lm, load_tokenizer
-        from steer_cli.patching.setups import prepare_setup
-        from steer_cli.vectors import load_vectors, unembed_sha256
-
         s = self.s
         self.out_dir = Path(s.output.output_dir) if s.output.output_dir else default_output_dir(s)
         self._init_distributed()
         self._lock_output_dir()
-        from steer_cli.train.rewarding import record_reward
 
         record_reward(s)
         self.continues = check_output_dir(self.out_dir, s)
-        from steer_cli.models import load_config
-        from steer_cli.patching.archs import arch_for_config
 
         config = load_config(s.model.name, revision=s.model.revision, trust_remote_code=s.model.trust_remote_code)
         arch_for_config(config)
@@ -107,10 +121,8 @@ class Trainer:
         self.examples, self.data_counts = load_examples(s, self.tokenizer)
         self.stop_ids = completion_stop_ids(self.tokenizer, s.prompt.stop, s.model.name, revision=s.model.revision,
                                             trust_remote_code=s.model.trust_remote_code)
-        from steer_cli.reward_plugins import check_plugin
 
         check_plugin(s, self.examples[0].answer, self.examples[0].row)
-        from steer_cli.models import pick_dtype
 
         compute = pick_dtype(s.model.dtype, self.acc.device, config)
         # Full fine-tuning in bf16/fp16 keeps float32 master weights (DeepSpeed's bf16 mode does, in
@@ -132,13 +144,10 @@ class Trainer:
         )
         self.fsdp = s.train.fsdp
         if self.fsdp:
-            from steer_cli.train.fsdp import shard_model
-
             shard_model(self.trainable.model, compute, self.acc.device)
             self.trainable.params = [p for p in self.trainable.model.parameters() if p.requires_grad]
         elif master:
             self.trainable.autocast_dtype = compute
-        from steer_cli.patching.archs import locate
 
         self.unembed_hash = unembed_sha256(whole(locate(model).unembed.weight))
         per_epoch = len(self.examples) // s.train.prompts_per_step
@@ -148,7 +157,6 @@ class Trainer:
             self.trainable.params, lr=s.train.lr, betas=(s.train.adam_beta1, s.train.adam_beta2),
             eps=s.train.adam_eps, weight_decay=s.train.weight_decay,
         )
-        from transformers import get_scheduler
 
         self.scheduler = get_scheduler(
             s.train.schedule, self.optimizer,
@@ -158,8 +166,6 @@ class Trainer:
         self.order = DataOrder(len(self.examples), s.train.seed, s.data.shuffle)
         self.data_fingerprint = hashlib.sha256("\n".join(e.id for e in self.examples).encode()).hexdigest()[:16]
         if s.rollout.backend == "vllm":
-            from steer_cli.rollout.factory import engine_dtype
-
             engine_dtype(s.model.dtype)  # a dtype vLLM cannot run here fails before anything is written
         if self.main:
             init_output_dir(self.out_dir, s, continues=self.continues)
@@ -169,8 +175,6 @@ class Trainer:
     def _lock_output_dir(self) -> None:
         """One writer per run directory: the main process locks it for the whole run, before
         anything in it is read, written or cleared; the others learn whether it could."""
-        from steer_cli.lock import hold_dir
-
         error = None
         if self.main:
             try:
@@ -178,8 +182,6 @@ class Trainer:
             except SteerError as err:
                 error = str(err)
         if self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
             box = broadcast_object_list([error], from_process=0)
             error = box[0]
         if error:
@@ -187,11 +189,8 @@ class Trainer:
 
     def _make_backend(self) -> Any:
         if self.s.rollout.backend == "hf":
-            from steer_cli.rollout.hf import HFBackend
-
             return HFBackend(self.trainable.model, self.tokenizer, batch_prompts=self.s.rollout.batch_prompts,
                              context=self.trainable.generation)
-        from steer_cli.rollout.factory import make_vllm_backend
 
         return make_vllm_backend(self.s, self.trainable, max_prompt_len=max(len(e.prompt_ids) for e in self.examples))
 
@@ -213,8 +212,6 @@ class Trainer:
     def _budgets(self, prompts: list[list[int]]) -> tuple[int, ...]:
         """Each prompt's own completion budget (rollout.max_seq_length minus its length), as in the
         reference code, never that of the longest prompt beside it."""
-        from steer_cli.rollout.base import completion_budgets
-
         return completion_budgets([len(p) for p in prompts], self.s.rollout.max_new_tokens,
                                   self.s.rollout.max_seq_length)
 
@@ -247,11 +244,6 @@ class Trainer:
             offset += n
 
     def step(self, step: int, grader: Any) -> dict[str, Any]:
-        from steer_cli.rollout.base import SamplingSpec
-        from steer_cli.train.objective import group_advantages
-        from steer_cli.train.rewarding import step_rewards
-        from steer_cli.train.update import accumulate_policy_gradients
-
         s = self.s
         t_start = time.perf_counter()
         if self.acc.device.type == "cuda":
@@ -367,8 +359,6 @@ class Trainer:
 
     def _metrics(self, step: int, local: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
         if self.world > 1:
-            from accelerate.utils import gather_object
-
             parts = gather_object([local])
         else:
             parts = [local]
@@ -432,7 +422,6 @@ class Trainer:
         """Whole weights (and optimizer state) of a sharded model; every process must call this."""
         if not self.fsdp:
             return None, None
-        from steer_cli.train.fsdp import full_state_dict, optimizer_state
 
         model_state = full_state_dict(self.trainable.model)
         optim_state = optimizer_state(self.trainable.model, self.optimizer) if optimizer else None
@@ -482,9 +471,6 @@ class Trainer:
             return self._run()
 
     def _run(self) -> Path | None:
-        from steer_cli.preempt import StopSignals
-        from steer_cli.train.display import Display
-
         self._setup()
         self.nonfinite_total = 0
         self.consecutive_nonfinite = 0
@@ -500,8 +486,6 @@ class Trainer:
             f"no checkpoint written within train.preempt_save_timeout = {timeout:g} s of the stop signal; "
             "the previous checkpoint is intact: run the same command with --resume to continue from it"))
         try:
-            from steer_cli.reward_plugins import training_grader
-
             with self.stop, training_grader(self.s) as grader:
                 for step in range(start, self.total_steps):
                     if self._stop_requested():

@@ -6,6 +6,9 @@ from typing import Any, Sequence
 
 import torch
 
+from steer_cli.train import batch
+from steer_cli.train.objective import kl_penalty, policy_loss
+
 Sequence_ = tuple[Sequence[int], Sequence[int], float]  # (prompt ids, completion ids, advantage)
 
 
@@ -31,9 +34,6 @@ def accumulate_policy_gradients(
     ``min_micro_batches`` pads with passes of weight zero up to that many micro-batches: under FSDP
     every pass is a collective, so all processes must run as many.
     """
-    from steer_cli.train import batch
-    from steer_cli.train.objective import kl_penalty, policy_loss
-
     model = trainable.model
     chunks = [seqs[start:start + micro_batch_size] for start in range(0, len(seqs), micro_batch_size)]
     # A one-token pair with advantage 0 (and no KL weight) adds exactly nothing to the gradient.

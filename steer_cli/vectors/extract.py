@@ -11,15 +11,7 @@ Sources (``read_source``):
   rank-r form ``steering_matrix_A`` [L, r] and ``steering_matrix_B`` [r, d] (vectors = A @ B).
 
 Formats written (``write_output``): the vectors file (safetensors), ``npy`` (the matrix alone), and
-``gguf``: a llama.cpp control vector.
-
-GGUF layer numbering (llama.cpp ``common_control_vector_load_one`` in ``common/common.cpp`` and
-``llama_adapter_cvec`` in ``src/llama-adapter.cpp``; repeng's ``ControlVector.export_gguf`` writes
-the same): tensor ``direction.N`` is added to the output of decoder layer N, counted from 0 (after
-that layer's final residual add, at every position: ``cur = build_cvec(cur, il)`` right before
-``l_out``). So our row l (the vector added at the end of 0-based layer l) is written as
-``direction.l``, unchanged. llama.cpp cannot steer layer 0: it rejects ``direction.0`` (and skips
-the whole file), so a non-zero row 0 is refused unless dropped on purpose.
+``gguf``: a llama.cpp control vector (``vectors.gguf``).
 """
 
 from __future__ import annotations
@@ -30,18 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from accelerate import init_empty_weights
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from steer_cli.errors import SteerError
-from steer_cli.vectors import load_vectors
+from steer_cli.io import atomic_path
+from steer_cli.lock import hold_output
+from steer_cli.models import quiet_transformers
+from steer_cli.patching.archs import arch_for_config, locate
+from steer_cli.patching.steering import PLACES
+from steer_cli.patching.strength import describe, kept_layers, scaled_vectors
+from steer_cli.train.checkpoint import run_vectors_file
+from steer_cli.vectors.file import load_npy, load_vectors, save_vectors, unembed_sha256
+from steer_cli.vectors.gguf import write_gguf
 
 FORMATS = ("safetensors", "npy", "gguf")
-GGUF_ARCH = "controlvector"
-
-GGUF_LAYERS_NOTE = (
-    "GGUF (llama.cpp control vector) layer numbering: tensor direction.N is added to the output of "
-    "decoder layer N counted from 0, which is steer's row N, written unchanged; llama.cpp cannot steer "
-    "layer 0 (it rejects direction.0), so a non-zero row 0 needs --drop-layer-0."
-)
-
 _RANK_A, _RANK_B = "steering_matrix_A", "steering_matrix_B"
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
 
@@ -61,8 +59,6 @@ class Extracted:
 
 def read_source(path: str | Path) -> Extracted:
     """Vectors from any supported source; a one-line SteerError for anything else."""
-    from steer_cli.vectors import load_npy
-
     path = Path(path).expanduser()
     if not path.exists():
         raise SteerError(f"{path} does not exist; pass a training run, checkpoint, vectors file or .npy matrix")
@@ -92,8 +88,6 @@ def read_source(path: str | Path) -> Extracted:
 
 
 def _read_dir(path: Path) -> Extracted:
-    from steer_cli.train.checkpoint import run_vectors_file
-
     vectors_file = run_vectors_file(path)
     if vectors_file is not None:
         tensor, meta = load_vectors(vectors_file)
@@ -117,8 +111,6 @@ def _head(path: Path) -> bytes:
 
 
 def _safetensors_keys(path: Path) -> list[str] | None:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return list(f.keys())
@@ -128,9 +120,6 @@ def _safetensors_keys(path: Path) -> list[str] | None:
 
 def _read_checkpoint(shards: list[Path], config_path: Path, source: Path) -> Extracted:
     """Vectors from transformers checkpoint shards (reference layout or its rank-r form)."""
-    import torch
-    from safetensors import safe_open
-
     config = _read_json(config_path)
     notes: list[str] = []
     spec, stock_bias = _arch_facts(config_path.parent) if config else (None, False)
@@ -249,12 +238,6 @@ def _arch_facts(model_dir: Path) -> tuple[Any, bool]:
     Decided by building the stock model from the config on the meta device (no memory, no weights).
     """
     try:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from steer_cli.models import quiet_transformers
-        from steer_cli.patching.archs import arch_for_config, locate
-
         quiet_transformers()
         config = AutoConfig.from_pretrained(str(model_dir))
         spec = arch_for_config(config)
@@ -266,9 +249,6 @@ def _arch_facts(model_dir: Path) -> tuple[Any, bool]:
 
 
 def _unembed_hash(shards: list[Path], config: dict[str, Any]) -> str | None:
-    from safetensors import safe_open
-
-    from steer_cli.vectors import unembed_sha256
 
     wanted = ["lm_head.weight"]
     if config.get("tie_word_embeddings", True):
@@ -331,10 +311,6 @@ def vectors_meta(extracted: Extracted) -> dict[str, Any]:
 def write_output(vectors: Any, meta: dict[str, Any], output: Path, fmt: str, *,
                  overwrite: bool = False, drop_layer_0: bool = False) -> list[str]:
     """Write ``vectors`` in ``fmt`` to ``output`` atomically; returns notes for the user."""
-    import numpy as np
-
-    from steer_cli.io import atomic_path
-    from steer_cli.vectors import save_vectors
 
     if output.is_dir():
         raise SteerError(f"output {output} is a directory; pass a file name")
@@ -351,64 +327,6 @@ def write_output(vectors: Any, meta: dict[str, Any], output: Path, fmt: str, *,
     return write_gguf(output, vectors, meta, drop_layer_0=drop_layer_0)
 
 
-def write_gguf(output: Path, vectors: Any, meta: dict[str, Any], *, drop_layer_0: bool = False) -> list[str]:
-    """A llama.cpp control vector: one F32 ``direction.N`` per steered layer N >= 1 (see module doc)."""
-    import gguf
-
-    from steer_cli.io import atomic_path
-
-    layers = sorted(int(i) for i in meta.get("layers", range(vectors.shape[0])))
-    notes = []
-    if 0 in layers:
-        if drop_layer_0:
-            notes.append("layer 0 dropped: llama.cpp cannot steer it")
-        elif bool(vectors[0].abs().max() > 0):
-            raise SteerError("layer 0 has a non-zero vector, which llama.cpp cannot apply (it rejects direction.0); "
-                             "pass --drop-layer-0 to write the other layers anyway (a different intervention)")
-        layers.remove(0)
-    if not layers:
-        raise SteerError("nothing to write: the only steered layer is 0, which llama.cpp cannot steer")
-    hint, hint_note = _model_hint(meta.get("base_model"))
-    if hint_note:
-        notes.append(hint_note)
-    if meta.get("place") == "down_proj_bias":
-        notes.append("llama.cpp adds control vectors to the layer output; that equals these down_proj_bias "
-                     "vectors only where no norm follows the MLP (not Gemma2/3, OLMo2)")
-    with atomic_path(output) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), arch=GGUF_ARCH)
-        writer.add_string(f"{GGUF_ARCH}.model_hint", hint)
-        writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(layers))
-        for layer in layers:
-            writer.add_tensor(f"direction.{layer}", vectors[layer].detach().cpu().float().numpy().copy())
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-    notes.append(f"GGUF control vector: direction.N for layers {layers} (each added to the output of 0-based "
-                 "decoder layer N)")
-    return notes
-
-
-# llama.cpp's architecture names where they differ from transformers' model_type.
-_LLAMA_CPP_ARCH = {"mistral": "llama", "gpt_neox": "gptneox", "gemma3_text": "gemma3"}
-
-
-def _model_hint(base_model: Any) -> tuple[str, str | None]:
-    """llama.cpp architecture name of the base model (what its own generator writes), when knowable."""
-    if not base_model:
-        return "unknown", "no base model recorded; controlvector.model_hint = unknown"
-    try:
-        from steer_cli.models import resolve_model
-
-        config = _read_json(Path(resolve_model(str(base_model))) / "config.json")
-    except SteerError:
-        config = None
-    model_type = (config or {}).get("model_type")
-    if model_type:
-        return _LLAMA_CPP_ARCH.get(model_type, model_type), None
-    return str(base_model), None
-
-
 # -- the command --------------------------------------------------------------------------------
 
 @dataclass
@@ -422,8 +340,6 @@ class ExtractResult:
 def apply_strength(extracted: Extracted, scale: float = 1.0, layers: list[int] | None = None) -> list[str]:
     """Scale the vectors and keep only ``layers`` of the steered ones (``--scale``/``--layers``), in
     place, recording both in the metadata; returns notes. Scale 1 on all layers changes nothing."""
-    from steer_cli.strength import describe, kept_layers, scaled_vectors
-
     if scale == 1.0 and layers is None:
         return []
     num_layers = extracted.vectors.shape[0]
@@ -444,9 +360,6 @@ def extract(source: str | Path, output: str | Path, *, fmt: str | None = None, o
     ``place`` sets where the vectors go for a source that does not record it (an .npy matrix).
     ``scale`` multiplies the vectors and ``layers`` keeps only those layers (``--scale``, ``--layers``).
     """
-    from steer_cli.lock import hold_output
-    from steer_cli.patching.steering import PLACES
-
     output = Path(output).expanduser()
     fmt = output_format(output, fmt)
     if place is not None and place not in PLACES:

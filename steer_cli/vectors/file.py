@@ -21,6 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from steer_cli.errors import SteerError
 from steer_cli.io import atomic_path
 
@@ -33,9 +38,6 @@ _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, zip (torch.save)
 
 def save_vectors(path: str | Path, vectors: Any, **metadata: Any) -> Path:
     """Write vectors atomically; returns the path. ``vectors`` is a [L, d] tensor or array."""
-    import torch
-    from safetensors.torch import save_file
-
     tensor = torch.as_tensor(vectors).detach().to("cpu", torch.float32).contiguous()
     if tensor.ndim != 2:
         raise SteerError(f"vectors must be a 2-D [num_layers, hidden] matrix, got shape {list(tensor.shape)}")
@@ -56,8 +58,6 @@ def save_vectors(path: str | Path, vectors: Any, **metadata: Any) -> Path:
 
 def load_vectors(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """Read a vectors file -> (float32 tensor [L, d], metadata dict). Clear errors for bad files."""
-    from safetensors import safe_open
-
     path = Path(path).expanduser()
     if path.is_dir():
         candidate = path / "vectors.safetensors"
@@ -96,9 +96,6 @@ def load_vectors(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def load_npy(path: str | Path) -> Any:
     """A [L, d] matrix from an .npy file (the reference implementation's export)."""
-    import numpy as np
-    import torch
-
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as err:
@@ -107,8 +104,6 @@ def load_npy(path: str | Path) -> Any:
 
 
 def _validated(tensor: Any, path: Path) -> Any:
-    import torch
-
     if tensor.ndim != 2:
         raise SteerError(f"{path}: vectors must be [num_layers, hidden], got shape {list(tensor.shape)}")
     tensor = tensor.to(torch.float32)
@@ -139,8 +134,6 @@ def check_fits(vectors: Any, num_layers: int, hidden: int, *, source: str | Path
 
 def unembed_sha256(weight: Any) -> str:
     """Hash of the unembedding matrix (shape + float32 bytes, in row chunks to bound memory)."""
-    import torch
-
     h = hashlib.sha256(str(tuple(weight.shape)).encode())
     w = weight.detach()
     for start in range(0, w.shape[0], 8192):

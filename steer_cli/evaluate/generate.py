@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+import torch
+
+from steer_cli.data.datasets import load_train_set
+from steer_cli.data.prompts import completion_stop_ids, render_prompt
+from steer_cli.data.records import FieldMap
 from steer_cli.errors import SteerError
+from steer_cli.evaluate.models import EvalModels, load_target_vectors, model_dims, plain_adapter, vllm_factory
+from steer_cli.models import load_tokenizer, resolve_model
+from steer_cli.patching.strength import kept_layers, scaled_vectors
+from steer_cli.rollout.base import SamplingSpec, content_text
 from steer_cli.settings import Settings
 
 _PROMPT_FIELDS = ("problem", "prompt", "question", "text", "input")
@@ -54,9 +64,6 @@ def read_prompt_file(path: str | Path) -> list[str]:
 
 def dataset_prompts(settings: Settings, count: int) -> list[str]:
     """The first ``count`` problems of the run's training set (data.*)."""
-    from steer_cli.data.datasets import load_train_set
-    from steer_cli.data.records import FieldMap
-
     d = settings.data
     fields = None
     if d.problem_field or d.answer_field or d.answer_format:
@@ -92,10 +99,6 @@ class Generated:
 def generate(settings: Settings, target: Any, prompts: Sequence[str]) -> Generated:
     """Base and ``target`` (an ``evaluate.Target``: steering, lora or full) completions of
     ``prompts``; steering targets at each of ``inference.scale`` on ``inference.layers``."""
-    from steer_cli.data.prompts import completion_stop_ids, render_prompt
-    from steer_cli.models import load_tokenizer
-    from steer_cli.rollout.base import SamplingSpec
-
     if not prompts:
         raise SteerError("no prompts to complete; pass them as arguments or with --file")
     s, g, p = settings, settings.generate, settings.prompt
@@ -106,8 +109,6 @@ def generate(settings: Settings, target: Any, prompts: Sequence[str]) -> Generat
                          f"{'adapter' if target.setup == 'lora' else 'checkpoint'}")
     vectors = _vectors(settings, target) if target.setup == "steering" else None
     if s.rollout.backend == "vllm":
-        from steer_cli.evaluate import vllm_factory
-
         vllm_factory()  # a one-line error without vLLM, before loading anything
     tokenizer = load_tokenizer(s.model.name, revision=s.model.revision, trust_remote_code=s.model.trust_remote_code)
     stop_ids = completion_stop_ids(tokenizer, p.stop, s.model.name, revision=s.model.revision,
@@ -120,8 +121,6 @@ def generate(settings: Settings, target: Any, prompts: Sequence[str]) -> Generat
                                                                                                  vectors, tokenizer)
     with runner:
         def texts(backend: Any) -> list[str]:
-            from steer_cli.rollout.base import content_text
-
             return [content_text(group[0], tokenizer) for group in backend.generate(ids, sampling)]
 
         with runner.base() as backend:
@@ -134,9 +133,6 @@ def generate(settings: Settings, target: Any, prompts: Sequence[str]) -> Generat
 
 
 def _vectors(settings: Settings, target: Any) -> Any:
-    from steer_cli.evaluate import load_target_vectors, model_dims
-    from steer_cli.strength import kept_layers
-
     dims = model_dims(settings)
     vectors = load_target_vectors(target.vectors, settings, dims)
     kept_layers(vectors.layers, settings.inference.layers, dims[0])  # a bad --layers fails before loading
@@ -148,8 +144,6 @@ class _HFRunner:
     base model, steered by hooks or adapted by peft, or a full checkpoint loaded in its place)."""
 
     def __init__(self, settings: Settings, target: Any, vectors: Any, tokenizer: Any) -> None:
-        from steer_cli.evaluate import EvalModels
-
         self.models, self.target, self.vectors = EvalModels(settings, tokenizer), target, vectors
 
     def __enter__(self) -> "_HFRunner":
@@ -176,17 +170,11 @@ class _VLLMRunner:
         self._tmp: Any = None
 
     def __enter__(self) -> "_VLLMRunner":
-        import tempfile
-
-        from steer_cli.evaluate import vllm_factory
-        from steer_cli.models import resolve_model
 
         make = vllm_factory()
         t = self.target
         path = resolve_model(self.s.model.name)
         if t.setup == "lora":
-            from steer_cli.evaluate.models import plain_adapter
-
             self._tmp = tempfile.TemporaryDirectory(prefix="steer-generate-lora-")
             adapter = plain_adapter(self.s, t.adapter, Path(self._tmp.name))
             self.engine = make(self.s, path, adapter=adapter)
@@ -209,8 +197,6 @@ class _VLLMRunner:
                 yield self.engine
             return
         if self.target.setup == "steering":
-            import torch
-
             self.engine.set_vectors(torch.zeros_like(self.vectors.tensor))
         yield self.engine
 
@@ -218,8 +204,6 @@ class _VLLMRunner:
     def trained(self, scale: float, layers: Optional[list[int]]) -> Iterator[Any]:
         t = self.target
         if t.setup == "steering":
-            from steer_cli.strength import kept_layers, scaled_vectors
-
             v = self.vectors
             kept = kept_layers(v.layers, layers, v.tensor.shape[0])
             self.engine.set_vectors(scaled_vectors(v.tensor, scale, kept))
@@ -227,8 +211,6 @@ class _VLLMRunner:
         elif t.setup == "lora":
             yield self.engine
         else:
-            from steer_cli.evaluate import vllm_factory
-
             self.engine.close()
             self.engine = vllm_factory()(self.s, str(t.weights))
             yield self.engine

@@ -15,8 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from transformers import AutoConfig
+
 from steer_cli.errors import SteerError
-from steer_cli.extract import Extracted, read_source
+from steer_cli.io import atomic_dir
+from steer_cli.lock import hold_output
+from steer_cli.models import known_model, load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
+from steer_cli.patching.archs import locate
+from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
+from steer_cli.vectors.extract import Extracted, apply_strength, output_format, read_source, write_output
+from steer_cli.vectors.file import check_fits, unembed_sha256
 
 # Metadata a merged file keeps when every input has the same value.
 _SHARED_KEYS = ("dataset", "preset", "step", "seed", "unembed_sha256")
@@ -44,7 +53,6 @@ def _same_model(a: Extracted, b: Extracted) -> bool:
     ma, mb = a.meta.get("base_model"), b.meta.get("base_model")
     if not ma or not mb:
         return True
-    from steer_cli.models import known_model
 
     ka, kb = known_model(str(ma)), known_model(str(mb))
     if ka is not None and kb is not None:
@@ -55,8 +63,6 @@ def _same_model(a: Extracted, b: Extracted) -> bool:
 def merge_vectors(items: Sequence[Extracted], *, mean: bool = False, fill_zeros: bool = False
                   ) -> tuple[Any, dict[str, Any]]:
     """Merge read sources into one ([num_layers, hidden] float32 tensor, metadata)."""
-    import torch
-
     if not items:
         raise SteerError("no vectors to merge; pass the vectors files (or runs) to merge")
     first = items[0]
@@ -133,9 +139,6 @@ class MergeResult:
 def merge_files(paths: Sequence[str | Path], output: str | Path, *, mean: bool = False, fill_zeros: bool = False,
                 overwrite: bool = False, fmt: str | None = None) -> MergeResult:
     """Merge vectors files (or runs/checkpoints) into one file at ``output``."""
-    from steer_cli.extract import output_format, write_output
-    from steer_cli.lock import hold_output
-
     output = Path(output).expanduser()
     fmt = output_format(output, fmt)
     with hold_output(output, "steer merge"):
@@ -177,8 +180,6 @@ def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = 
                 check_tokens: int = 16, scale: float = 1.0, layers: list[int] | None = None) -> FoldResult:
     """Write ``model`` with ``vectors`` folded into its weights to ``output`` (save_pretrained + tokenizer);
     ``scale`` and ``layers`` fold ``scale`` x the vectors of those layers only (``--scale``, ``--layers``)."""
-    from steer_cli.lock import hold_output
-
     # The lock is a sibling .<name>.lock: the output directory is replaced as a whole.
     with hold_output(Path(output).expanduser(), "steer merge --fold"):
         return _fold_to_dir(vectors, output, model=model, overwrite=overwrite, check_tokens=check_tokens,
@@ -187,14 +188,6 @@ def fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None = 
 
 def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, overwrite: bool,
                  check_tokens: int, scale: float, layers: list[int] | None) -> FoldResult:
-    import torch
-    from transformers import AutoConfig
-
-    from steer_cli.extract import apply_strength
-    from steer_cli.io import atomic_dir
-    from steer_cli.models import load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
-    from steer_cli.patching.fold import fold_gap, fold_plan, fold_vectors
-    from steer_cli.vectors import check_fits, unembed_sha256
 
     output = Path(output).expanduser()
     _check_fold_dir(output, overwrite)
@@ -224,8 +217,6 @@ def _fold_to_dir(vectors: str | Path, output: str | Path, *, model: str | None, 
     base = load_causal_lm(model, dtype=dtype_name)
     recorded = item.meta.get("unembed_sha256")
     if recorded:
-        from steer_cli.patching.archs import locate
-
         if unembed_sha256(locate(base).unembed.weight) != recorded:
             notes.append(f"warning: {model}'s unembedding differs from the one the vectors were trained with")
     folded = fold_vectors(base, item.vectors, place, layers=layers)

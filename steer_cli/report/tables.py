@@ -13,7 +13,14 @@ import io
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+from tabulate import tabulate
+
+from steer_cli.data.benchmarks import ALL_BENCHMARKS, PAPER_BENCHMARKS
+from steer_cli.models import KNOWN_MODELS, model_slug
+from steer_cli.patching.strength import format_layers, format_scale
 
 SETUP_LABELS = {"base": "Base", "steering": "Steering", "full": "Full-Tune", "lora": "LoRA"}
 TABLE1_SETUPS = ("base", "steering", "full", "lora", "lora-r1")  # the paper's Table 1 row order
@@ -69,14 +76,10 @@ class Table:
 
 # -- helpers -----------------------------------------------------------------------------------
 def _model_label(name: str) -> str:
-    from steer_cli.models import model_slug
-
     return model_slug(name)
 
 
 def _model_order(label: str, first_seen: dict[str, int]) -> tuple[int, int]:
-    from steer_cli.models import KNOWN_MODELS
-
     shorts = [m.short for m in KNOWN_MODELS]
     return (shorts.index(label) if label in shorts else len(shorts), first_seen.get(label, 0))
 
@@ -84,7 +87,6 @@ def _model_order(label: str, first_seen: dict[str, int]) -> tuple[int, int]:
 def _dataset_label(name: Optional[str]) -> Optional[str]:
     if not name:
         return MISSING
-    from pathlib import Path
 
     key = str(name).lower()
     if key in DATASET_LABELS:
@@ -93,8 +95,6 @@ def _dataset_label(name: Optional[str]) -> Optional[str]:
 
 
 def _bench_order(names: Sequence[str]) -> list[str]:
-    from steer_cli.data.benchmarks import ALL_BENCHMARKS
-
     known = [b for b in ALL_BENCHMARKS if b in names]
     return known + sorted(n for n in set(names) if n not in ALL_BENCHMARKS)
 
@@ -167,8 +167,6 @@ def _as_trained(evals: Sequence[Any]) -> list[Any]:
 
 
 def table1(results: Any) -> Optional[Table]:
-    from steer_cli.data.benchmarks import PAPER_BENCHMARKS
-
     evals = _as_trained(results.evals)
     if not evals:
         return None
@@ -380,8 +378,6 @@ def training_table(results: Any) -> Optional[Table]:
 def _sweeps(results: Any) -> list[tuple[str, list[Any]]]:
     """(label, summaries) of every thing evaluated at several strengths or on a layer subset
     (``steer eval --scale ... --layers ...``), in the order first seen; base models excluded."""
-    from steer_cli.strength import format_layers
-
     groups: dict[str, list[Any]] = {}
     for e in results.evals:
         if e.setup != "base" and getattr(e, "sweep", ""):
@@ -405,8 +401,6 @@ def _sweeps(results: Any) -> list[tuple[str, list[Any]]]:
 def scale_tables(results: Any) -> list[Table]:
     """Accuracy against steering scale: one table per swept thing, benchmarks as rows, scales as
     columns (mean ± std over evaluation seeds), the Average when there are several benchmarks."""
-    from steer_cli.strength import format_scale
-
     tables = []
     for label, members in _sweeps(results):
         scales = sorted({e.scale for e in members})
@@ -489,8 +483,6 @@ def _blank_repeats(rows: list[list[str]], n: int) -> list[list[str]]:
 
 
 def render_table(table: Table, fmt: str) -> str:
-    from tabulate import tabulate
-
     if fmt == "csv":
         return _render_csv(table)
     rows = [[_text_cell(c, fmt) for c in row] for row in table.rows]

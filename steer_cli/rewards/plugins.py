@@ -1,6 +1,6 @@
 """Which reward a run trains on (``train.reward`` / ``--reward``), and user reward plug-ins.
 
-- ``math`` (default): math-verify on the last ``\\boxed{}`` (``steer_cli.rewards``); a correct
+- ``math`` (default): math-verify on the last ``\\boxed{}`` (``rewards.grading``); a correct
   completion earns ``train.reward_correct``, any other ``train.reward_wrong``.
 - ``exact``: the extracted answer (last ``\\boxed{}``, ``<answer>`` for r1; else the whole
   completion) equals the gold answer after normalisation (``normalise_text``); same two rewards.
@@ -9,7 +9,7 @@
   the stop token, the gold answers as strings, the data file's records with all their fields) and
   returns one finite float per completion, which is the reward itself.
 
-Plug-ins run inside the grader's worker processes (``rewards.Grader``), imported there from the
+Plug-ins run inside the grader's worker processes (``rewards.pool.Grader``), imported there from the
 spec string, so nothing is pickled but the spec; each call is bounded by the grader's hard timeout.
 Standard library only at top level: worker processes import this module.
 """
@@ -22,15 +22,11 @@ import importlib.util
 import math
 import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from steer_cli.errors import SteerError
-
-if TYPE_CHECKING:
-    from steer_cli.settings import Settings
 
 BUILTIN_REWARDS = ("math", "exact")
 BOOLEAN_REWARDS = BUILTIN_REWARDS  # correct / wrong, mapped to train.reward_correct / reward_wrong
@@ -180,62 +176,3 @@ def call(fn: Callable[..., Any], completions: Sequence[str], answers: Sequence[A
         return "ok", check_values(values, len(completions))
     except ValueError as err:
         return "error", str(err)
-
-
-def reward_texts(completions: Sequence[Any], tokenizer: Any, reward: str) -> list[str]:
-    """What a reward reads of each completion: math grades the text as decoded (stop token
-    included, as it always has); exact and plug-ins get it without the stop token that ended it."""
-    from steer_cli.rollout.base import content_text
-
-    if reward == "math":
-        return [c.text for c in completions]
-    return [content_text(c, tokenizer) for c in completions]
-
-
-def training_grader(s: Settings, *, workers: int | None = None) -> Any:
-    """The ``rewards.Grader`` of a training run: train.reward with the run's template and limits."""
-    from steer_cli.rewards import Grader
-
-    return Grader(num_workers=s.train.grader_workers if workers is None else workers,
-                  timeout=s.train.grade_timeout, template=s.prompt.template,
-                  truncated_box_fallback=s.train.grade_truncated_box, reward=s.train.reward)
-
-
-def check_plugin(s: Settings, answer: Any, row: Any) -> None:
-    """A plug-in reward's trial call on the first problem (its gold answer and an empty
-    completion), in a grader worker under the hard timeout: an import error, a missing function,
-    an exception, a wrong number of values or a non-finite one is a one-line error before anything
-    is written. Nothing to check for math and exact."""
-    if not parse_reward(s.train.reward).plugin:
-        return
-    with training_grader(s, workers=min(1, s.train.grader_workers)) as grader:
-        grader.dry_run([answer, ""], answer, row)
-
-
-# --------------------------------------------------------------------------------------------------
-# exact
-# --------------------------------------------------------------------------------------------------
-
-
-def normalise_text(text: str) -> str:
-    """What ``exact`` compares: Unicode NFKC, one trailing period dropped, surrounding ``$...$`` /
-    ``\\(...\\)`` removed, whitespace runs as one space, case folded."""
-    from steer_cli.rewards import _unwrap_math
-
-    text = unicodedata.normalize("NFKC", str(text)).strip()
-    text = text[:-1] if text.endswith(".") else text
-    return " ".join(_unwrap_math(text).split()).casefold()
-
-
-def exact_match(completion: str, answer: Any, template: str = "qwen_math", *,
-                truncated_box_fallback: bool = False) -> tuple[bool, bool]:
-    """(matches, has_answer): the extracted answer (last box; ``<answer>`` for r1) or, where there
-    is none, the whole completion, equals the gold answer after ``normalise_text``."""
-    from steer_cli.rewards import extract_answer, gold_text
-
-    gold = normalise_text(gold_text(answer))
-    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
-    has_answer = pred is not None
-    if pred is None:
-        pred = completion
-    return normalise_text(pred) == gold, has_answer

@@ -1,5 +1,5 @@
-"""`steer report`: find eval summaries, training runs and bench files under directories, and
-print them as the paper's tables (report_tables.py) and plots (plots.py).
+"""Collecting results for `steer report`: find eval summaries, training runs and bench files under
+directories and parse them (the tables are in ``report.tables``, the figures in ``report.plots``).
 
 What is read (formats in notes/apis.md and the modules that write them):
     summary.json         eval output ("kind": "steer-eval")
@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
+
+from steer_cli.data.benchmarks import BENCHMARKS
 from steer_cli.errors import SteerError
+from steer_cli.settings import LoraSettings
 
 # Files that are never bench JSON; skipped without being parsed (tokenizer.json can be MBs).
 _NOT_BENCH = {"summary.json", "config.json", "tokenizer.json", "tokenizer_config.json", "trainer_state.json",
@@ -114,16 +118,12 @@ def _read_json(path: Path) -> Any:
 
 
 def _bench_display(name: str) -> str:
-    from steer_cli.data.benchmarks import BENCHMARKS
-
     b = BENCHMARKS.get(name)
     return b.display_name if b else name
 
 
 def setup_key(setup: str, lora_rank: Any = None) -> str:
     """The setup as reports group it: LoRA of a rank other than the default (4) is its own row, ``lora-r1``."""
-    from steer_cli.settings import LoraSettings
-
     default = LoraSettings.model_fields["rank"].default
     if setup == "lora" and isinstance(lora_rank, int) and lora_rank != default:
         return f"lora-r{lora_rank}"
@@ -179,8 +179,6 @@ def parse_train_run(metrics_path: Path, root: Path) -> TrainRun:
     seed = None
     settings_path = run / "settings.yaml"
     if settings_path.exists():
-        import yaml
-
         try:
             s = yaml.safe_load(settings_path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
@@ -247,77 +245,3 @@ def _classify(f: Path, root: Path, results: Results, *, explicit: bool) -> None:
             results.skipped.append(f"{f}: not a summary.json, metrics.jsonl or steer bench JSON")
     except (OSError, ValueError, AttributeError, TypeError) as err:
         results.skipped.append(f"{f}: {err}")
-
-
-# -- the command -------------------------------------------------------------------------------
-@dataclass
-class ReportOutput:
-    text: str
-    plots: list[Path]
-    notes: list[str]
-
-
-FORMATS = ("github", "latex", "csv")
-
-
-def report(paths: Optional[Sequence[str | Path]] = None, *, fmt: str = "github",
-           plot_dir: Optional[str | Path] = None) -> ReportOutput:
-    """Tables (and optionally PNGs) for the results under ``paths`` (default: runs/)."""
-    from steer_cli import report_tables as rt
-
-    if fmt not in FORMATS:
-        raise SteerError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    notes = []
-    if not paths:
-        paths = ["runs"]
-        if not Path("runs").is_dir():
-            raise SteerError("no directory given and no runs/ here; pass directories holding eval or training outputs")
-        notes.append("reading runs/")
-    results = collect(paths)
-    notes.extend(f"skipped {s}" for s in results.skipped)
-    if results.empty:
-        where = ", ".join(str(p) for p in paths)
-        skipped = ""
-        if results.skipped:  # say why files that look like results were not read
-            more = len(results.skipped) - 1
-            skipped = f"; skipped {results.skipped[0]}" + (f" and {more} more" if more else "")
-        raise SteerError(f"no results under {where} (looked for summary.json, metrics.jsonl, bench JSON){skipped}")
-    tables = rt.build_tables(results)
-    text = rt.render_tables(tables, fmt)
-    plots: list[Path] = []
-    if plot_dir is not None:
-        plots = write_plots(results, Path(plot_dir))
-    return ReportOutput(text, plots, notes)
-
-
-def _file_label(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
-
-
-def write_plots(results: Results, out_dir: Path) -> list[Path]:
-    """Training curves per run, accuracy bars per benchmark and accuracy against steering scale;
-    returns the files written."""
-    from steer_cli import plots
-    from steer_cli import report_tables as rt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    used: set[str] = set()
-    for run in results.runs:
-        if not run.metrics:
-            continue
-        name = f"train-{_file_label(run.label)}"
-        while name in used:
-            name += "_"
-        used.add(name)
-        title = " · ".join(str(x) for x in (run.label, run.model, run.setup) if x)
-        written.append(plots.plot_training_run(run.metrics, title, out_dir / f"{name}.png"))
-    bars = rt.accuracy_series(results)
-    if bars is not None:
-        benchmarks, series = bars
-        written.append(plots.plot_accuracy_bars(benchmarks, series, out_dir / "accuracy.png",
-                                                title="accuracy per benchmark (%, mean ± std over seeds)"))
-    curves = rt.scale_series(results)
-    if curves:
-        written.append(plots.plot_scale_sweep(curves, out_dir / "scale.png"))
-    return written

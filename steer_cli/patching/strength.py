@@ -112,6 +112,7 @@ def kept_layers(steered: Optional[Sequence[int]], subset: Optional[Sequence[int]
 def scaled_vectors(vectors: Any, scale: float = 1.0, layers: Optional[Sequence[int]] = None) -> Any:
     """``vectors`` [num_layers, hidden] times ``scale``, rows outside ``layers`` (default: all
     kept) set to zero. Scale 1 on all layers returns the same values (a copy)."""
+    # lazy: settings (and so `steer --help`) import this module; only applying a scale needs torch
     import torch
 
     out = torch.as_tensor(vectors).detach().clone()

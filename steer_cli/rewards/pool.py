@@ -1,273 +1,33 @@
-"""Answer extraction and math-verify grading (the reward, and accuracy in eval).
+"""The grader's worker pool: math-verify grading and reward plug-ins under a hard per-item timeout.
 
-Follows the paper's code: the prediction is the last ``\\boxed{...}`` (``<answer>...</answer>``
-for the r1 template), the gold answer is ``\\boxed{answer}``, and the check is
-``math_verify.verify(parse(gold), parse(pred))`` with the library's default options. Small
-departures, all on malformed output: escaped braces (``\\{``) do not count when matching a box,
-``\\boxed 5`` counts, and an ``<answer>`` block that holds a box is read through the box. As in the
-reference, a last ``\\boxed{`` that never closes (truncated output) has no answer; with
-``truncated_box_fallback`` (setting ``train.grade_truncated_box``) the last complete box before it
-is graded instead.
+``Grader`` runs items in long-lived worker processes (killed and replaced when they overrun);
+``training_grader`` builds the one a training run uses, ``check_plugin`` makes a plug-in's trial
+call before anything is written. Depends on ``grading`` and ``plugins``, never the other way round.
 
-math-verify's own timeouts use ``signal.alarm``: they work only in the main thread, and cannot stop
-work stuck inside C code (a huge integer power, say). ``is_correct`` therefore keeps the library
-defaults in the main thread and runs with no timeout elsewhere; ``Grader`` adds a hard per-item
-timeout by grading in worker processes that are killed when they overrun.
-
-This module imports only the standard library at top level (math_verify lazily), because it is also
-the entry point of the grader's worker processes, which must start cheaply and never load torch.
+Standard library only at top level: this module is the entry point of the worker processes,
+which must start cheaply and never load torch.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import numbers
-import re
 import signal
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from itertools import accumulate, islice
 from multiprocessing.connection import wait
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from steer_cli.errors import SteerError
-from steer_cli.reward_plugins import RewardSpec, call, exact_match, load_function, parse_reward
+from steer_cli.rewards.extraction import extract_answer, gold_text
+from steer_cli.rewards.grading import boxed, exact_match, verify_boxed
+from steer_cli.rewards.plugins import RewardSpec, call, load_function, parse_reward
 
-__all__ = [
-    "Grade",
-    "Grader",
-    "Score",
-    "extract_answer",
-    "extract_boxed",
-    "gold_text",
-    "gold_to_boxed",
-    "is_correct",
-    "strict_match",
-]
-
-_BLANKS_RE = re.compile(r"\s*")
-_NOT_BRACE_BYTES = bytes(b for b in range(256) if b not in b"{}")
-_BRACE_BYTE_VALUE = [1 if b == ord("{") else -1 if b == ord("}") else 0 for b in range(256)]
-# Escaped braces and backslashes are skipped so `\left\{ x \right.` inside a box stays balanced.
-_BRACE_RE = re.compile(r"\\[\\{}]|[{}]")
-_TOKEN_RE = re.compile(r"[^\s$]+")
-_INT_FLOAT_RE = re.compile(r"^([+-]?\d+)\.0*$")
-_WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
-
-
-# --------------------------------------------------------------------------------------------------
-# Extraction (pure, linear-time)
-# --------------------------------------------------------------------------------------------------
-
-
-def _running_balance(text: str, start: int, end: int | None = None) -> list[int]:
-    """Brace balance of text[start:end] after each real (unescaped) brace, from 0.
-
-    Built from C-speed string operations so a megabyte of braces costs milliseconds."""
-    seg = text[start:end].replace("\\\\", "").replace("\\{", "").replace("\\}", "")
-    braces = seg.encode("utf-8", "ignore").translate(None, _NOT_BRACE_BYTES)
-    return list(accumulate(map(_BRACE_BYTE_VALUE.__getitem__, braces), initial=0))
-
-
-def _fold(text: str, start: int, end: int, min_after: int) -> int:
-    """Lowest prefix brace balance of text[start:], given that of text[end:] ({ = +1, } = -1)."""
-    seg = text[start:end]
-    if "}" not in seg and "\\{" not in seg:  # only opening braces: the usual junk
-        return min(0, seg.count("{") + min_after)
-    run = _running_balance(text, start, end)
-    return min(min(run), run[-1] + min_after)
-
-
-def _brace_content(text: str, open_pos: int) -> str:
-    """Content of the group opening at open_pos, which the caller knows closes."""
-    n_braces = _running_balance(text, open_pos).index(0, 1)  # braces up to the closing one
-    real_braces = (m for m in _BRACE_RE.finditer(text, open_pos) if len(m.group()) == 1)
-    close = next(islice(real_braces, n_braces - 1, None))
-    return text[open_pos + 1 : close.start()]
-
-
-_UNCLOSED = object()  # the last box never closes, and no fallback was asked for
-
-
-def _last_complete_box(text: str, command: str, fallback: bool = True) -> Any:
-    """Walks the occurrences of `command` from the last one back, keeping the lowest prefix brace
-    balance of the text after the current one: its `{` closes iff that balance goes below zero.
-    Each character is looked at a bounded number of times, so this is linear. Without
-    ``fallback`` the last occurrence decides: its content, or ``_UNCLOSED``."""
-    needle = "\\" + command
-    n = len(text)
-    search_end = n
-    folded_from, min_after = n, 0
-    while True:
-        start = text.rfind(needle, 0, search_end)
-        if start < 0:
-            return None
-        search_end = start
-        arg = start + len(needle)
-        if arg < n and text[arg].isalpha():  # a longer command name, not ours
-            continue
-        arg = _BLANKS_RE.match(text, arg).end()
-        if arg < n and text[arg] == "{":
-            min_after = _fold(text, arg + 1, folded_from, min_after)
-            folded_from = arg + 1
-            if min_after < 0:
-                return _brace_content(text, arg)
-        elif arg > start + len(needle):  # `\boxed 5`: one token, no braces
-            tok = _TOKEN_RE.match(text, arg)
-            if tok is not None:
-                return tok.group().rstrip(".,;")
-        if not fallback:
-            return _UNCLOSED
-
-
-def extract_boxed(text: str, *, truncated_box_fallback: bool = False) -> str | None:
-    """Content of the last `\\boxed{...}` (nested braces matched); `\\fbox{...}` where there is no
-    `\\boxed`. `\\boxed 5` (a blank and one token, no braces) counts too.
-
-    A last box that never closes (output cut off inside it) gives None, as in the reference code;
-    with ``truncated_box_fallback`` the previous complete box is taken instead. Linear in len(text).
-    """
-    for command in ("boxed", "fbox"):
-        found = _last_complete_box(text, command, truncated_box_fallback)
-        if found is _UNCLOSED:
-            return None
-        if found is not None:
-            return found
-    return None
-
-
-def extract_answer(completion: str, template: str = "qwen_math", *,
-                   truncated_box_fallback: bool = False) -> str | None:
-    """The model's final answer: last boxed content, or for "r1" the last `<answer>` block."""
-    if template == "r1":
-        close = completion.rfind("</answer>")
-        if close < 0:
-            return None
-        open_ = completion.rfind("<answer>", 0, close)
-        if open_ < 0:
-            return None
-        answer = completion[open_ + len("<answer>") : close]
-        if "\\boxed" in answer or "\\fbox" in answer:
-            boxed = extract_boxed(answer, truncated_box_fallback=truncated_box_fallback)
-            if boxed is not None:
-                answer = boxed
-    else:
-        answer = extract_boxed(completion, truncated_box_fallback=truncated_box_fallback)
-    if answer is None or not answer.strip():
-        return None
-    return answer.strip()
-
-
-# --------------------------------------------------------------------------------------------------
-# Gold answers
-# --------------------------------------------------------------------------------------------------
-
-
-def _unwrap_math(s: str) -> str:
-    s = s.strip()
-    changed = True
-    while changed:
-        changed = False
-        for left, right in _WRAPPERS:
-            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
-                s = s[len(left) : len(s) - len(right)].strip()
-                changed = True
-    return s
-
-
-def gold_text(answer: Any) -> str:
-    """Gold answer as a plain string: 27.0 -> "27", lists joined with ", ", `$...$` removed.
-
-    Raises SteerError for a missing (None/empty) or unsupported answer: that is a data bug.
-    """
-    if isinstance(answer, (list, tuple)):
-        if not answer:
-            raise SteerError("a gold answer is an empty list; fix the dataset's answer field")
-        return ", ".join(gold_text(a) for a in answer)
-    if isinstance(answer, bool) or answer is None:
-        raise SteerError(f"a gold answer is {answer!r}; fix the dataset's answer field")
-    if isinstance(answer, numbers.Integral):
-        return str(int(answer))
-    if isinstance(answer, float):
-        return str(int(answer)) if answer.is_integer() else repr(answer)
-    if isinstance(answer, numbers.Real):  # Fraction, Decimal
-        return str(int(answer)) if answer == int(answer) else str(answer)
-    if not isinstance(answer, str):
-        raise SteerError(
-            f"a gold answer has type {type(answer).__name__}; use a string, a number or a list"
-        )
-    s = _unwrap_math(answer)
-    if "\\boxed" in s or "\\fbox" in s:
-        boxed = extract_boxed(s)
-        if boxed is not None:
-            s = boxed.strip()
-    m = _INT_FLOAT_RE.match(s)
-    if m:
-        s = str(int(m.group(1)))
-    if not s:
-        raise SteerError(f"a gold answer is empty ({answer!r}); fix the dataset's answer field")
-    return s
-
-
-def gold_to_boxed(answer: Any) -> str:
-    """`\\boxed{...}` of the normalised gold answer, the string fed to math_verify.parse."""
-    return "\\boxed{" + gold_text(answer) + "}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Checking
-# --------------------------------------------------------------------------------------------------
-
-
-def _verify_boxed(gold_boxed: str, pred_boxed: str) -> bool:
-    """math_verify.verify(parse(gold), parse(pred)); any error, timeout included, is False."""
-    from math_verify import parse, verify
-    from math_verify.errors import TimeoutException
-
-    if threading.current_thread() is threading.main_thread():
-        parse_kw: dict[str, Any] = {}  # library defaults, as the paper
-        verify_kw: dict[str, Any] = {}
-    else:
-        # signal.alarm is main-thread only: math-verify raises otherwise. No soft timeout here.
-        parse_kw = {"parsing_timeout": None}
-        verify_kw = {"timeout_seconds": None}
-    try:
-        gold = parse(gold_boxed, **parse_kw)
-        pred = parse(pred_boxed, **parse_kw)
-        return bool(verify(gold, pred, **verify_kw))
-    except (Exception, TimeoutException):
-        return False
-
-
-def _boxed(content: str) -> str:
-    return "\\boxed{" + content + "}"
-
-
-def is_correct(completion: str, answer: Any, *, template: str = "qwen_math",
-               truncated_box_fallback: bool = False) -> bool:
-    """True when the completion's final answer equals the gold answer per math-verify.
-
-    No answer is wrong; a parse/verify error is wrong. In-process: math-verify's timeouts apply
-    only in the main thread, and nothing stops a pathological input in C code (use Grader).
-    A missing gold answer raises SteerError.
-    """
-    gold_boxed = gold_to_boxed(answer)
-    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
-    if pred is None:
-        return False
-    return _verify_boxed(gold_boxed, _boxed(pred))
-
-
-def strict_match(completion: str, answer: Any, template: str = "qwen_math", *,
-                 truncated_box_fallback: bool = False) -> bool:
-    """Exact string match of the extracted answer and the normalised gold (metrics only)."""
-    pred = extract_answer(completion, template, truncated_box_fallback=truncated_box_fallback)
-    return pred is not None and pred == gold_text(answer)
-
+if TYPE_CHECKING:
+    from steer_cli.settings import Settings
 
 # --------------------------------------------------------------------------------------------------
 # Batch grading with a hard per-item timeout
@@ -315,9 +75,9 @@ def _worker_main(conn: Any, reward: RewardSpec | None = None) -> None:
     # The first parse/verify of a kind costs up to a second (lazy imports inside sympy and the
     # LaTeX parser): pay it here, so it does not count against the first item's timeout.
     for gold, pred in _WARM_UP:
-        _verify_boxed(gold, pred)
+        verify_boxed(gold, pred)
     conn.send(_READY)
-    _serve(conn, lambda seq, gold_boxed, pred_boxed: (seq, _verify_boxed(gold_boxed, pred_boxed)))
+    _serve(conn, lambda seq, gold_boxed, pred_boxed: (seq, verify_boxed(gold_boxed, pred_boxed)))
 
 
 def _serve(conn: Any, answer: Callable[..., Any]) -> None:
@@ -408,7 +168,7 @@ class Grader:
     replaced and its item graded wrong with timed_out=True. A crashed worker's item is graded
     wrong too. num_workers=0 grades in-process (no hard timeout; for debugging).
 
-    ``reward`` (``reward_plugins``): ``math`` (the default) grades with math-verify in the
+    ``reward`` (``rewards.plugins``): ``math`` (the default) grades with math-verify in the
     workers; ``exact`` compares normalised strings in-process (linear time, no workers); a
     plug-in spec starts workers that import the plug-in and score items with ``score``.
 
@@ -490,10 +250,10 @@ class Grader:
             if pred is None:
                 results[i] = Grade(correct=False, has_answer=False, strict=False, timed_out=False)
             else:
-                jobs.append(_Job(i, (_boxed(gold), _boxed(pred)), pred == gold))
+                jobs.append(_Job(i, (boxed(gold), boxed(pred)), pred == gold))
         if self.num_workers == 0:
             for job in jobs:
-                ok = _verify_boxed(*job.payload)
+                ok = verify_boxed(*job.payload)
                 results[job.index] = Grade(ok, True, job.strict, False)
         elif jobs:
             with self._lock:
@@ -634,3 +394,21 @@ class Grader:
             for w in list(busy):
                 if w in self._workers:
                     self._replace(w)
+
+
+def training_grader(s: Settings, *, workers: int | None = None) -> Any:
+    """The ``Grader`` of a training run: train.reward with the run's template and limits."""
+    return Grader(num_workers=s.train.grader_workers if workers is None else workers,
+                  timeout=s.train.grade_timeout, template=s.prompt.template,
+                  truncated_box_fallback=s.train.grade_truncated_box, reward=s.train.reward)
+
+
+def check_plugin(s: Settings, answer: Any, row: Any) -> None:
+    """A plug-in reward's trial call on the first problem (its gold answer and an empty
+    completion), in a grader worker under the hard timeout: an import error, a missing function,
+    an exception, a wrong number of values or a non-finite one is a one-line error before anything
+    is written. Nothing to check for math and exact."""
+    if not parse_reward(s.train.reward).plugin:
+        return
+    with training_grader(s, workers=min(1, s.train.grader_workers)) as grader:
+        grader.dry_run([answer, ""], answer, row)
