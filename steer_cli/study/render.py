@@ -1,0 +1,65 @@
+"""Terminal summaries of the token-level studies (tokens, patch, persistence), from study.json."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rich.table import Table
+from rich.text import Text
+
+from steer_cli.terminal import print_table, print_text
+
+
+def _q(text: str) -> str:
+    return f"'{text}'"
+
+
+def _num(x: Optional[float], fmt: str = "{:+.4f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def _stat(q: Optional[dict[str, Any]], fmt: str = "{:+.4f}") -> str:
+    if not q:
+        return "—"
+    return f"{fmt.format(q['median'])} [{fmt.format(q['q25'])}, {fmt.format(q['q75'])}]"
+
+
+def render_tokens(doc: dict[str, Any], console: Any) -> None:
+    r = doc["results"]
+    inputs = doc["inputs"]
+    against = inputs.get("against", {}).get("path", "the base model")
+    tok = _q(r["token"]["token"])
+    print_text(console, Text(
+        f"study tokens: {inputs['vectors']['path']} against {against}; {r['samples']} completions "
+        f"({r['truncated']} cut at the budget, kept), {r['positions']} generated positions"))
+    table = Table(title=f"position 0 vs positions > 0 (median [IQR]; token {tok})", title_justify="left")
+    for name in ("", "position 0", "positions > 0"):
+        table.add_column(name, justify="right" if name else "left")
+    f, rest = r["first"], r["rest"]
+    table.add_row(f"Δp {tok}", _stat(f["token_delta"]), _stat(rest["token_delta"]))
+    table.add_row(f"p {tok} reference → steered", f"{_num(f['token_reference'], '{:.4f}')} → "
+                  f"{_num(f['token_steered'], '{:.4f}')}",
+                  f"{_num(rest['token_reference'], '{:.4f}')} → {_num(rest['token_steered'], '{:.4f}')}")
+    table.add_row("KL(reference || steered)", _stat(f["kl"], "{:.4g}"), _stat(rest["kl"], "{:.4g}"))
+    table.add_row("mean KL", _num((f["kl"] or {}).get("mean"), "{:.4g}"), _num((rest["kl"] or {}).get("mean"), "{:.4g}"))
+    table.add_row("argmax changed", _num(f["frac_argmax_changed"], "{:.1%}"), _num(rest["frac_argmax_changed"], "{:.1%}"))
+    table.add_row("top Δ token = reference argmax", _num(f["frac_top_is_reference_argmax"], "{:.1%}"),
+                  _num(rest["frac_top_is_reference_argmax"], "{:.1%}"))
+    table.add_row("top Δ token = steered argmax", _num(f["frac_top_is_steered_argmax"], "{:.1%}"),
+                  _num(rest["frac_top_is_steered_argmax"], "{:.1%}"))
+    print_table(console, table)
+    tokens = Table(title="most promoted / suppressed tokens by mean Δp", title_justify="left")
+    for name in ("#", "position 0 +", "Δp", "position 0 -", "Δp", "positions > 0 +", "Δp", "positions > 0 -", "Δp"):
+        tokens.add_column(name, justify="right" if name in ("#", "Δp") else "left")
+    show = min(5, len(f["promoted_by_mean_delta"]) or 5)
+    for n in range(show):
+        cells = [str(n + 1)]
+        for group in (f, rest):
+            for key in ("promoted_by_mean_delta", "suppressed_by_mean_delta"):
+                items = group[key]
+                if n < len(items):
+                    cells += [_q(items[n]["token"]), f"{items[n]['mean_delta']:+.4f}"]
+                else:
+                    cells += ["", ""]
+        tokens.add_row(*cells)
+    print_table(console, tokens)
