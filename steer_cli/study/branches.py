@@ -105,7 +105,7 @@ class Patch:
         return "-".join(parts).replace("+", "_")
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "heads": list(self.heads), "path": self.path, "label": self.label}
+        return {"mode": self.mode, "heads": list(self.heads), "path": self.path, "label": self.label, "key": self.key}
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,32 @@ def render_tokens(doc: dict[str, Any], console: Any) -> None:
                     cells += ["", ""]
         tokens.add_row(*cells)
     print_table(console, tokens)
+
+
+def render_patch(doc: dict[str, Any], console: Any) -> None:
+    r = doc["results"]
+    kl = r["metric"] == "kl"
+    head = (f"study patch: {doc['inputs']['vectors']['path']}, the vector of layer {r['source_layer']} "
+            f"(norm {r['vector_norm']:.4g}) through layer {r['target_layer']} ({r['heads']} heads, "
+            f"{r['kv_heads']} key-value heads)")
+    if kl:
+        head += (f"; {r['samples']} completions ({r['truncated']} cut at the budget, kept), {r['positions']} "
+                 f"positions; KL({r['reference']['label']} || patch)")
+    print_text(console, Text(head))
+    table = Table(title="per patch", title_justify="left")
+    if kl:
+        for name in ("patch", "mean KL", "KL position 0", "KL positions > 0", "most promoted (mean Δp)"):
+            table.add_column(name, justify="left" if name.startswith(("patch", "most")) else "right")
+        for p in r["patches"]:
+            top = p["promoted"][0] if p["promoted"] else None
+            table.add_row(p["label"], _num(p["kl"]["mean"], "{:.4g}"), _num(p["kl"]["first"], "{:.4g}"),
+                          _num(p["kl"]["rest"], "{:.4g}"),
+                          f"{_q(top['token'])} {top['mean_delta']:+.3g}" if top else "—")
+    else:
+        table.add_column("patch")
+        table.add_column("Average", justify="right")
+        for p in r["patches"]:
+            avg = p.get("average") or {}
+            table.add_row(p["label"], "—" if avg.get("mean") is None else
+                          f"{100 * avg['mean']:.1f} ± {100 * (avg.get('std') or 0.0):.1f}")
+    print_table(console, table)
