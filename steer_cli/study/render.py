@@ -92,3 +92,40 @@ def render_patch(doc: dict[str, Any], console: Any) -> None:
             table.add_row(p["label"], "—" if avg.get("mean") is None else
                           f"{100 * avg['mean']:.1f} ± {100 * (avg.get('std') or 0.0):.1f}")
     print_table(console, table)
+
+
+def render_persistence(doc: dict[str, Any], console: Any) -> None:
+    r = doc["results"]
+    print_text(console, Text(
+        f"study persistence: {doc['inputs']['merged']['path']}; {r['samples']} prompts x {len(r['injected'])} "
+        f"injection layers = {r['completions']} completions ({r['truncated']} cut at the budget, kept)"))
+    table = Table(title="injection layer i: row i of each matrix, at the layers l >= i (l: value)",
+                  title_justify="left")
+    for name in ("i", "token_cos", "diff_cos", "layer_cos", "causality max |D_l<i|"):
+        table.add_column(name, justify="right" if name in ("i",) else "left")
+    for i in r["injected"]:
+        def row(name: str) -> str:
+            return " ".join(f"{l}:{v:+.2f}" for l, v in enumerate(r[name][i]) if v is not None)
+        table.add_row(str(i), row("token_cos"), row("diff_cos"), row("layer_cos"),
+                      f"{r['causality_max_abs'][str(i)]:.3g}")
+    print_table(console, table)
+    corr = Table(title="correlations over i < j (Pearson r, slope, n)", title_justify="left")
+    kinds = sorted({k for v in r["correlations"].values() for k in v})
+    corr.add_column("matrix")
+    for k in kinds:
+        corr.add_column(k, justify="right")
+    for name, v in r["correlations"].items():
+        cells = []
+        for k in kinds:
+            fit = v.get(k) or {}
+            cells.append("—" if fit.get("r") is None else f"{fit['r']:+.3f} ({fit['slope']:+.3g}, {fit['n']})")
+        corr.add_row(name, *cells)
+    print_table(console, corr)
+    lens = Table(title="logit lens of the last layer's mean difference (cosine)", title_justify="left")
+    for name in ("i", "norm", "promoted", "suppressed"):
+        lens.add_column(name, justify="right" if name in ("i", "norm") else "left")
+    for entry in r["last_layer_lens"]:
+        lens.add_row(str(entry["layer"]), f"{entry['norm']:.4g}",
+                     " ".join(_q(t["token"]) for t in entry["top"][:5]),
+                     " ".join(_q(t["token"]) for t in entry["bottom"][:5]))
+    print_table(console, lens)
