@@ -132,6 +132,8 @@ def test_paths_with_the_target_mlp_silenced(gqa_model):
         torch.testing.assert_close(_patched(model, ids, v, Patch(mode, (1,), "residual")), patch_all)
         torch.testing.assert_close(_patched(model, ids, v, Patch(mode, (1,), "mlp")),
                                    _patched(model, ids, v, Patch(reference)))
+    # E8: skip-layer against skip-attn isolates v's effect through the MLP: none when it is silent
+    torch.testing.assert_close(_patched(model, ids, v, Patch("skip-layer")), _patched(model, ids, v, Patch("skip-attn")))
     # with the MLP on, the three paths differ
     a, b, c = (_patched(gqa_model, ids, v, Patch("skip-head", (1,), p)) for p in ("all", "residual", "mlp"))
     assert not torch.allclose(a, b) and not torch.allclose(a, c) and not torch.allclose(b, c)
