@@ -29,7 +29,7 @@ from steer_cli.evaluate.models import LoadedVectors, load_target_vectors, model_
 from steer_cli.evaluate.targets import base_model_of, run_settings_layer
 from steer_cli.io import atomic_write_json, atomic_write_text, clear_dir
 from steer_cli.lens.logit import find_vectors
-from steer_cli.lock import is_lock_file
+from steer_cli.lock import hold_dir, is_lock_file
 from steer_cli.runs import is_training_run
 from steer_cli.models import load_causal_lm, load_tokenizer
 from steer_cli.settings import Layer, Settings
@@ -68,10 +68,15 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_tokenizer_for(settings: Settings) -> Any:
+    m = settings.model
+    return load_tokenizer(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+
+
 def load_model(settings: Settings) -> tuple[Any, Any]:
     """The base model (eval mode, no gradients needed) and its tokenizer."""
     m = settings.model
-    tokenizer = load_tokenizer(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    tokenizer = load_tokenizer_for(settings)
     model = load_causal_lm(m.name, dtype=m.dtype, device=device(), revision=m.revision,
                            trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
     model.requires_grad_(False)
@@ -171,6 +176,16 @@ def check_study_dir(out: Path, experiment: str, identity: dict[str, Any], overwr
         read_study(out, experiment)
         return StudyDir(out, "finished")
     return StudyDir(out, "continue")
+
+
+def finished_study(out: Path, experiment: str, identity: dict[str, Any], overwrite: bool) -> Optional[dict[str, Any]]:
+    """study.json of a finished study of this identity in ``out`` (read under its lock), else None:
+    a finished study is read back without loading the model."""
+    if overwrite or not (out / IDENTITY_FILE).is_file():
+        return None
+    with hold_dir(out, f"steer study {experiment}"):
+        d = check_study_dir(out, experiment, identity, overwrite)
+        return read_study(out, experiment) if d.finished else None
 
 
 def init_study_dir(d: StudyDir, settings: Settings, identity: dict[str, Any]) -> None:

@@ -87,13 +87,16 @@ def run_patch(settings: Settings, vectors: Path, run: Optional[Path], *, output_
     if s.metric == "accuracy":
         study["eval"] = settings.eval.model_dump(mode="json")
     ident = I.identity(EXPERIMENT, {"vectors": vectors}, settings, study)
-    with hold_dir(out, f"steer study {EXPERIMENT}"):
-        d = I.check_study_dir(out, EXPERIMENT, ident, settings.output.overwrite)
-        if d.finished:
-            return read_study(out, EXPERIMENT), out
-        model, tokenizer = I.load_model(settings)
-        with BranchedLayer(model, source, v) as branched:
-            patches = plan_patches(s.modes, s.heads, s.paths, branched.parts)
+    finished = I.finished_study(out, EXPERIMENT, ident, settings.output.overwrite)
+    if finished is not None:
+        return finished, out
+    model, tokenizer = I.load_model(settings)
+    with BranchedLayer(model, source, v) as branched:
+        patches = plan_patches(s.modes, s.heads, s.paths, branched.parts)  # bad heads fail before any write
+        with hold_dir(out, f"steer study {EXPERIMENT}"):
+            d = I.check_study_dir(out, EXPERIMENT, ident, settings.output.overwrite)
+            if d.finished:
+                return read_study(out, EXPERIMENT), out
             I.init_study_dir(d, settings, ident)
             geometry = {"source_layer": source, "target_layer": source + 1, "heads": branched.parts.heads,
                         "kv_heads": branched.parts.kv_heads, "head_dim": branched.parts.head_dim,
@@ -102,16 +105,16 @@ def run_patch(settings: Settings, vectors: Path, run: Optional[Path], *, output_
                 results = _run_kl(model, tokenizer, branched, patches, settings, out, interactive)
             else:
                 results = _run_accuracy(model, tokenizer, branched, patches, settings, vectors, out, source)
-        results = {**geometry, "metric": s.metric, **results}
-        if plot:
-            figures = out / "figures"
-            figures.mkdir(exist_ok=True)
-            plot_heads(results, figures / "heads.png")
-            if s.metric == "kl":
-                plot_baseline_tokens(results, figures / "baseline_tokens.png")
-        write_study(out, EXPERIMENT, inputs={"vectors": vectors},
-                    settings={"study": study, "model": settings.model.name}, results=results)
-        return read_study(out, EXPERIMENT), out
+            results = {**geometry, "metric": s.metric, **results}
+            if plot:
+                figures = out / "figures"
+                figures.mkdir(exist_ok=True)
+                plot_heads(results, figures / "heads.png")
+                if s.metric == "kl":
+                    plot_baseline_tokens(results, figures / "baseline_tokens.png")
+            write_study(out, EXPERIMENT, inputs={"vectors": vectors},
+                        settings={"study": study, "model": settings.model.name}, results=results)
+            return read_study(out, EXPERIMENT), out
 
 
 # -- metric kl ---------------------------------------------------------------------------------
@@ -130,6 +133,7 @@ def _run_kl(model: Any, tokenizer: Any, branched: BranchedLayer, patches: list[P
     reference = Patch(s.reference)
     keys = [p.key for p in patches]
     tensors, units, meta = read_partial(out)
+    read_lines(out, units)  # lines past the last written sums: redone
     delta = tensors.get("delta", torch.zeros(len(patches), vocab, dtype=torch.float64))
     kl_sums = tensors.get("kl", torch.zeros(len(patches), 4, dtype=torch.float64))  # first, n first, rest, n rest
     tops: dict[str, dict[str, list[float]]] = meta.get("tops", {k: {} for k in keys})

@@ -229,6 +229,7 @@ def _run(model: Any, tokenizer: Any, merged: torch.Tensor, injected: list[int], 
     batches = [list(range(b, min(b + s.batch, len(prompts)))) for b in range(0, len(prompts), s.batch)]
     units = [(batch, i) for batch in batches for i in injected]
     tensors, done, _ = read_partial(out)
+    read_lines(out, done)  # lines past the last written sums: redone
     acc = Accumulator(L, hidden, tensors if done else None)
     last_write = time.perf_counter()
     with StudyProgress(f"study persistence · {len(injected)} layers · {len(prompts)} prompts", len(units),

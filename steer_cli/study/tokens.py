@@ -193,16 +193,17 @@ def run_tokens(settings: Settings, vectors: Path, run: Optional[Path], *, agains
     out = Path(output_dir) if output_dir is not None else I.default_output_dir(settings, EXPERIMENT, vectors, run)
     inputs = {"vectors": vectors, **({"against": against} if against is not None else {})}
     ident = I.identity(EXPERIMENT, inputs, settings, s.model_dump(mode="json"))
+    tokenizer = I.load_tokenizer_for(settings)
+    token = I.single_token(tokenizer, s.token) if s.token is not None else None
+    problems = I.study_problems(settings, s.prompts, s.seed)
     with hold_dir(out, f"steer study {EXPERIMENT}"):
         d = I.check_study_dir(out, EXPERIMENT, ident, settings.output.overwrite)
         if d.finished:
             return read_study(out, EXPERIMENT), out
         model, tokenizer = I.load_model(settings)
-        problems = I.study_problems(settings, s.prompts, s.seed)
         prompts = I.render(settings, tokenizer, problems)
         stops = I.stop_ids(settings, tokenizer)
         budget = I.completion_budget(settings, s.max_new_tokens)
-        token = I.single_token(tokenizer, s.token) if s.token is not None else None
         I.init_study_dir(d, settings, ident)
         configs = Configurations(model, q, p, scales[0], subset)
         try:
@@ -232,6 +233,7 @@ def _run(model: Any, tokenizer: Any, configs: Configurations, prompts: list[list
     vocab = int(located.unembed.weight.shape[0])
     temperature = stats_temperature(s.temperature)
     tensors, units, meta = read_partial(out)
+    read_lines(out, units)  # lines of a unit whose sums were not written: redone
     sums = DeltaSums(vocab)
     for g in _GROUPS:
         if f"sum_{g}" in tensors:
