@@ -26,9 +26,8 @@ SET_HELP = "Override any setting: --set study.tokens.top_k=10 (repeatable)."
 def study_inputs(target: Optional[str], *, model: Optional[str], config: Optional[Path], sets: Optional[list[str]],
                  flags: dict[str, Any]) -> tuple[Path, Optional[Path], Any]:
     """(vectors file, its training run or None, settings) from the command line; reads only."""
-    from steer_cli.study.inputs import base_layer, model_name_flag, vectors_and_run
-
     from steer_cli.runs import latest_run
+    from steer_cli.study.inputs import base_layer, model_name_flag, vectors_and_run
 
     if target is None:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir

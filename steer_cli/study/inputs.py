@@ -30,8 +30,8 @@ from steer_cli.evaluate.targets import base_model_of, run_settings_layer
 from steer_cli.io import atomic_write_json, atomic_write_text, clear_dir
 from steer_cli.lens.logit import find_vectors
 from steer_cli.lock import hold_dir, is_lock_file
-from steer_cli.runs import is_training_run
 from steer_cli.models import load_causal_lm, load_tokenizer
+from steer_cli.runs import is_training_run
 from steer_cli.settings import Layer, Settings
 from steer_cli.study.record import STUDY_FILE, describe_input, read_study
 
