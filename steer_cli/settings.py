@@ -247,11 +247,56 @@ class StudyAdaptiveSettings(_Group):
     top_tokens: int = Field(10, ge=0, description="Tokens with the largest mean magnitude listed per layer.")
 
 
+class _StudyForcedSettings(_Group):
+    """Sampling and teacher forcing shared by the token-level studies (tokens, patch, persistence)."""
+
+    prompts: int = Field(256, gt=0, description="Problems of the training set (data.*, shuffled with the study's seed) that get one sampled completion each.")
+    seed: int = Field(0, ge=0, description="Seed of the problem order and of sampling (each completion has its own seed from it).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the completions, and of the compared distributions softmax(logits / T) (0: greedy completions, T = 1 distributions).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold of the completions.")
+    max_new_tokens: Optional[int] = Field(None, gt=0, description="Completion budget in tokens (default: rollout.max_new_tokens of the run).")
+    batch: int = Field(8, gt=0, description="Sequences per generate call and per teacher-forced pass.")
+
+
+class StudyTokensSettings(_StudyForcedSettings):
+    against: str = Field("base", description="What the vectors are compared with: 'base' (no vectors) or a second vectors file.")
+    token: Optional[str] = Field(None, description="Token whose probability change is followed (one token of the tokenizer, e.g. 'To'); default: the one the vectors promote most at the first generated position.")
+    top_k: int = Field(5, gt=0, description="Most promoted and most suppressed tokens kept per position.")
+    first_positions: int = Field(32, gt=0, description="Generation positions with their own KL entry (KL by position).")
+    summary_tokens: int = Field(20, gt=0, description="Tokens listed by mean probability change, at the first position and the rest.")
+
+
+class StudyPatchSettings(_StudyForcedSettings):
+    source_layer: Optional[int] = Field(None, ge=0, description="Layer whose vector is studied; the patched layer is the next one (default: the penultimate layer, L-2).")
+    modes: list[str] = Field(default_factory=lambda: ["no-patch", "base", "skip-attn", "skip-layer", "skip-head", "steer-head"], description="Patch modes: no-patch, base, skip-attn, skip-layer, skip-head, steer-head, skip-q/k/v, steer-q/k/v.")
+    heads: Optional[str] = Field(None, description="Heads of the head modes: indices, groups such as 0+1, 'all' (every head at once), 'each' (default: each head alone).")
+    paths: list[str] = Field(default_factory=lambda: ["all"], description="Where a patched attention output goes (skip-head, steer-head): all, residual, mlp.")
+    metric: Literal["kl", "accuracy"] = Field("kl", description="kl: teacher-forced KL to the reference per position (cheap); accuracy: generation on eval.* benchmarks, one eval per patch.")
+    reference: str = Field("no-patch", description="The patch the KL is measured against (KL(reference || patch)).")
+    top_k: int = Field(5, gt=0, description="Most promoted and most suppressed tokens kept per position (metric kl).")
+    summary_tokens: int = Field(20, gt=0, description="Tokens listed per patch by mean probability change against the reference (metric kl).")
+
+
+class StudyPersistenceSettings(_StudyForcedSettings):
+    prompts: int = Field(100, gt=0, description="Problems of the training set (data.*, shuffled with the study's seed); each gets one completion per injection layer.")
+    layers: Optional[list[int]] = Field(None, description="Injection layers i (default: every layer whose row of the merged file is non-zero).")
+    positions: Literal["all", "generated"] = Field("all", description="Positions averaged: every teacher-forced position (the reference) or the generated ones only.")
+    lens_top_k: int = Field(20, gt=0, description="Tokens listed per injection layer in the logit lens of the last-layer differences.")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        return _layer_list(value)
+
+
 class StudySettings(_Group):
     """One sub-group per `steer study` experiment."""
 
     seeds: StudySeedsSettings = Field(default_factory=StudySeedsSettings)
     adaptive: StudyAdaptiveSettings = Field(default_factory=StudyAdaptiveSettings)
+    tokens: StudyTokensSettings = Field(default_factory=StudyTokensSettings)
+    patch: StudyPatchSettings = Field(default_factory=StudyPatchSettings)
+    persistence: StudyPersistenceSettings = Field(default_factory=StudyPersistenceSettings)
 
 
 class OutputSettings(_Group):

@@ -20,7 +20,9 @@ study_app = typer.Typer(
 app.add_typer(study_app, name="study")
 
 # One module per experiment; each adds its command to `study_app` when imported.
-STUDY_COMMANDS: tuple[str, ...] = ("layers", "pairs", "transfer", "magnitude", "seeds", "adaptive")
+STUDY_COMMANDS: tuple[str, ...] = (
+    "layers", "pairs", "transfer", "magnitude", "seeds", "adaptive", "tokens", "patch", "persistence",
+)
 
 for _name in STUDY_COMMANDS:
     importlib.import_module(f"steer_cli.cli.study_{_name}_cmd")

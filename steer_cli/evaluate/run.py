@@ -127,7 +127,7 @@ class _Inputs:
 
 
 def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Sequence[_Plan],
-                 stack: contextlib.ExitStack) -> _Inputs:
+                 stack: contextlib.ExitStack, models: Optional[Any] = None) -> _Inputs:
     """Tokenizer, stop set and prompts; for vLLM, that the engine can run each target; with
     ``eval.reward``, the scorer after a trial call of its plug-in (reads only)."""
     if settings.rollout.backend == "vllm":
@@ -153,8 +153,9 @@ def _load_inputs(settings: Settings, benches: Sequence[BenchmarkData], plans: Se
         scorer = RewardScorer(settings, tokenizer)
         stack.callback(scorer.close)
         scorer.check(benches[0].problems[0])  # a broken plug-in fails before anything is written
-    models = EvalModels(settings, tokenizer, places=tuple(dict.fromkeys(p.vectors.place for p in plans if p.vectors)))
-    stack.callback(models.close)  # the vLLM engine the base and steering targets share
+    if models is None:
+        models = EvalModels(settings, tokenizer, places=tuple(dict.fromkeys(p.vectors.place for p in plans if p.vectors)))
+        stack.callback(models.close)  # the vLLM engine the base and steering targets share
     return _Inputs(models, tuple(stop_ids), prompts, scorer)
 
 
@@ -258,6 +259,7 @@ def evaluate(
     interactive: Optional[bool] = None,
     coord: Optional[Coordinator] = None,
     kept_in: Optional[str] = None,
+    models: Optional[Any] = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each target on every benchmark and seed; returns the summaries (also written) on
     the main process, an empty list on the others. ``kept_in`` names where finished results are
@@ -268,6 +270,8 @@ def evaluate(
     an earlier run with the same protocol are kept. The main process locks each output directory
     for the whole call (one writer per directory); SIGTERM/SIGUSR1 stop every process at once
     (``Interrupted``, exit code 75) keeping the finished shards, so the same command continues.
+    ``models`` stands in for the ``EvalModels`` of the call (its ``backend(target, vectors)``
+    hands out each target's generation backend): a study's patched model, loaded once.
     """
     coord = coord or Coordinator()
     outs = list(dict.fromkeys(t.output_dir for t in targets if t.output_dir is not None))
@@ -285,20 +289,22 @@ def evaluate(
 
         coord.agree("lock", lock)  # a directory in use stops every process before any check
         try:
-            return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord, outer=stack)
+            return _evaluate(settings, targets, fields=fields, interactive=interactive, coord=coord, outer=stack,
+                             models=models)
         except WriteError as err:
             fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
             raise err.with_hint(f"finished results are kept: {fix}, then run the same command again") from None
 
 
 def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional[FieldMap],
-              interactive: Optional[bool], coord: Coordinator, outer: contextlib.ExitStack) -> list[dict[str, Any]]:
+              interactive: Optional[bool], coord: Coordinator, outer: contextlib.ExitStack,
+              models: Optional[Any] = None) -> list[dict[str, Any]]:
     started = time.perf_counter()
     reporter = Reporter(interactive, enabled=coord.main)
     benches, plans = coord.agree("check", lambda: _check(settings, targets, fields, coord))
     shards = [Shard.from_json(x) for x in
               coord.agree("plan", lambda: _find_work(settings, plans, benches) if coord.main else None, share=True)]
-    inputs = coord.agree("inputs", lambda: _load_inputs(settings, benches, plans, outer) if shards else None)
+    inputs = coord.agree("inputs", lambda: _load_inputs(settings, benches, plans, outer, models) if shards else None)
     coord.agree("init", lambda: _init(settings, plans, benches, reporter) if coord.main else None)
     if coord.world > 1:
         coord.agree("visible", lambda: None if coord.main else _check_visible(plans))
