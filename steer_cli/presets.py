@@ -33,6 +33,10 @@ def _path_of(name: str) -> Path:
     return PRESETS_DIR / f"{name}.yaml"
 
 
+def preset_exists(name: str) -> bool:
+    return _path_of(name.removesuffix(".yaml")).is_file()
+
+
 def preset_names(*, include_private: bool = False) -> list[str]:
     names = []
     for path in sorted(PRESETS_DIR.rglob("*.yaml")):

@@ -77,8 +77,9 @@ def settings_from_cli(
     flags: dict[str, Any],
     base: Optional[Layer] = None,
     infer_preset: bool = True,
+    top: Optional[Layer] = None,
 ) -> Settings:
-    """defaults < (base) < preset < --config < --set < flags."""
+    """defaults < (base) < preset < --config < --set < flags (< top: a sweep's values)."""
     from steer_cli.presets import find_preset, preset_layer
 
     layers: list[Layer] = []
@@ -93,6 +94,8 @@ def settings_from_cli(
     if sets:
         layers.append(parse_set(sets))
     layers.append(flags_layer(flags, FLAG_NAMES))
+    if top is not None:
+        layers.append(top)
     return build_settings(layers)
 
 

@@ -13,7 +13,8 @@ from steer_cli.cli.common import CONFIG_HELP, PRESET_HELP, SET_HELP, doc, info, 
 
 @app.command("train")
 def train_command(
-    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    presets: Optional[list[str]] = typer.Option(None, "--preset", help=PRESET_HELP + " Repeat it to train several steering runs in one job, over one copy of the model."),
+    sweeps: Optional[list[str]] = typer.Option(None, "--sweep", help="Train one run per value, all in one job over one copy of the model: --sweep train.seed=0,1,2, --sweep train.lr=1e-3,3e-3, --sweep setup.steering.layers=each (one run per layer; a model preset's per-layer presets give each its learning rate). Repeatable: the product of all. Runs go to --output-dir DIR/<what varies>, else each to its default path."),
     model: Optional[str] = typer.Option(None, "--model", help=doc("model.name")),
     setup: Optional[str] = typer.Option(None, "--setup", help=doc("setup.kind")),
     dataset: Optional[str] = typer.Option(None, "--dataset", help=doc("data.dataset")),
@@ -49,6 +50,13 @@ def train_command(
         "output.resume": resume or None, "output.overwrite": overwrite or None,
         "model.trust_remote_code": trust_remote_code or None,
     }
+    if len(presets or []) > 1 or sweeps:
+        from steer_cli.cli.train_job import train_job_command
+
+        train_job_command(presets or [], sweeps or [], config=config, sets=sets, flags=flags,
+                          print_settings=print_settings)
+        return
+    preset = presets[0] if presets else None
     settings = run_command(settings_from_cli, preset=preset, config=config, sets=sets, flags=flags)
     if print_settings:
         print(settings.to_yaml(), end="")

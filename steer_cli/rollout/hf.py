@@ -88,6 +88,9 @@ class HFBackend:
         # Entered around each generate call: autocast for float32 master weights, a sharded
         # model gathered whole (``Trainable.generation``).
         self.context = context or contextlib.nullcontext
+        # Called with each batch's requests before it is generated (several training runs in one
+        # batch: each row's vector-bank entry is set from its request's group).
+        self.before_batch: Callable[[Sequence[SampleRequest]], None] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -106,19 +109,23 @@ class HFBackend:
                                                     chunk_seed(sampling.seed, first_index + start)))
         return results
 
-    def stream_samples(self, requests: Sequence[SampleRequest],
-                       sampling: SamplingSpec) -> Iterator[tuple[int, Completion]]:
+    def stream_samples(self, requests: Sequence[SampleRequest], sampling: SamplingSpec, *,
+                       batch_groups: int | None = None) -> Iterator[tuple[int, Completion]]:
         """One completion per request, each drawn with its own seed (``PerRowSampler``), so a
-        sample does not depend on its batch. Batches hold ``batch_prompts`` groups (prompts) with
-        all their requests, as ``generate`` holds ``batch_prompts`` prompts with their n samples."""
+        sample does not depend on its batch. Batches hold ``batch_groups`` (default
+        ``batch_prompts``) groups (prompts) with all their requests, as ``generate`` holds
+        ``batch_prompts`` prompts with their n samples."""
+        per_batch = batch_groups or self.batch_prompts
         start = 0
         while start < len(requests):
             groups: set[int] = set()
             stop = start
-            while stop < len(requests) and (requests[stop].group in groups or len(groups) < self.batch_prompts):
+            while stop < len(requests) and (requests[stop].group in groups or len(groups) < per_batch):
                 groups.add(requests[stop].group)
                 stop += 1
             batch = requests[start:stop]
+            if self.before_batch is not None:
+                self.before_batch(batch)
             with self.context():
                 completions = self._sample_rows(batch, sampling)
             for i, c in enumerate(completions):

@@ -30,8 +30,10 @@ def step_line(m: dict[str, Any], total: int) -> str:
 
 
 class Display:
-    def __init__(self, total: int, start: int, *, enabled: bool, out_dir: Path, info: str) -> None:
+    def __init__(self, total: int, start: int, *, enabled: bool, out_dir: Path, info: str,
+                 labels: list[str] | None = None) -> None:
         self.total = total
+        self.labels = labels  # several runs in one job: one line (or stats entry) per run
         self.enabled = enabled
         self.progress = None
         if not enabled:
@@ -50,8 +52,11 @@ class Display:
             self.task = self.progress.add_task("train", total=total, completed=start, stats="")
             self.progress.start()
 
-    def update(self, m: dict[str, Any]) -> None:
+    def update(self, m: dict[str, Any] | list[dict[str, Any]]) -> None:
         if not self.enabled:
+            return
+        if isinstance(m, list):
+            self._update_runs(m)
             return
         if self.progress is not None:
             acc = f" acc {m['accuracy']:.2f}" if m.get("accuracy") is not None else ""
@@ -63,6 +68,19 @@ class Display:
                 self.progress.console.print(f"step {m['step']}: non-finite loss or gradient, update skipped")
         else:
             print(step_line(m, self.total), file=sys.stderr, flush=True)
+
+    def _update_runs(self, ms: list[dict[str, Any]]) -> None:
+        labels = self.labels or [str(k) for k in range(len(ms))]
+        if self.progress is not None:
+            key = "accuracy" if all(m.get("accuracy") is not None for m in ms) else "reward_mean"
+            stats = f"{'acc' if key == 'accuracy' else 'reward'} " + " ".join(f"{m[key]:.2f}" for m in ms)
+            self.progress.update(self.task, completed=ms[0]["step"], stats=stats)
+            for label, m in zip(labels, ms):
+                if m.get("skipped_nonfinite"):
+                    self.progress.console.print(f"{label} step {m['step']}: non-finite loss or gradient, update skipped")
+            return
+        for label, m in zip(labels, ms):
+            print(f"{label}: {step_line(m, self.total)}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -4,6 +4,7 @@ and whether that directory may be written (fresh, --resume, --overwrite); then i
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,15 @@ from steer_cli.lock import is_lock_file
 from steer_cli.models import model_slug
 from steer_cli.rewards.plugins import parse_reward
 from steer_cli.settings import Settings, diff_settings, load_settings_file
-from steer_cli.train.checkpoint import DAMAGED_RE, ResumePoint, find_resume_point, remove_partial_checkpoints, set_aside
+from steer_cli.train.checkpoint import (
+    DAMAGED_RE,
+    ResumePoint,
+    checkpoint_damage,
+    find_resume_point,
+    list_checkpoints,
+    remove_partial_checkpoints,
+    set_aside,
+)
 
 
 def check_training_settings(s: Settings) -> None:
@@ -144,3 +153,45 @@ def init_output_dir(out_dir: Path, s: Settings, point: ResumePoint | None = None
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "settings.yaml", s.to_yaml())
+
+
+def run_finished(out_dir: Path, s: Settings) -> bool:
+    """A run of a ``--resume``'d job that has written ``final/`` with these settings: the job does
+    not train it again (other settings: ``check_output_dir`` says what differs)."""
+    if not (s.output.resume and (out_dir / "final").is_dir() and (out_dir / "settings.yaml").is_file()):
+        return False
+    return not diff_settings(load_settings_file(out_dir / "settings.yaml"), s)
+
+
+def _step_of(point: ResumePoint | None) -> int:
+    if point is None or point.checkpoint is None:
+        return 0
+    return int(point.checkpoint.name.rsplit("-", 1)[1])
+
+
+def common_resume(runs: list) -> None:
+    """Put every resumed run of a job at one step: a job stopped while it saved its runs one by
+    one (a kill between two) has some runs one checkpoint ahead. Those go back to the step all
+    runs reached (their newer checkpoints are removed: the job recomputes them bit for bit);
+    a run that kept no intact checkpoint of that step is refused."""
+    steps = [_step_of(r.resume_point) for r in runs]
+    target = min(steps)
+    if target == max(steps):
+        return
+    for run, step in zip(runs, steps):
+        if step == target:
+            continue
+        earlier = {n: p for n, p in list_checkpoints(run.out_dir)}
+        path = earlier.get(target)
+        if target and (path is None or checkpoint_damage(path) is not None):
+            raise SteerError(
+                f"--resume: the runs of this job stopped at different steps ({run.name} at {step}, another at "
+                f"{target}) and {run.name} keeps no intact checkpoint-{target} (train.keep_last); resume the runs "
+                "as separate jobs")
+        with writing(run.out_dir):
+            for n, p in earlier.items():
+                if n > target:
+                    shutil.rmtree(p)
+                    print(f"note: {run.name}: removed {p.name}, ahead of the job's other runs (step {target}); "
+                          "the job recomputes it", file=sys.stderr, flush=True)
+        run.resume_point = ResumePoint(path if target else None, run.resume_point.damaged)
