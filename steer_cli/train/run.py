@@ -643,6 +643,10 @@ class Trainer:
                 print("steer train: every run of this job has finished; nothing to do", file=sys.stderr, flush=True)
             return []
         start = self._resume() if self.continues else 0
+        if self.continues and not self.multi:
+            # The engine was started with the starting vectors / weights: it generates the resumed
+            # run's next step with the checkpoint's (several runs sync before each turn anyway).
+            self._sync_backend()
         self._saved_step = start  # the state after this many steps is on disk (or is the start)
         if self.s.train.trackers:
             self.acc.init_trackers("steer", config=tracker_config(self.s))
