@@ -60,12 +60,14 @@ def random_model(workdir: Path) -> str:
     return str(path)
 
 
-def bench(name: str, runs: int, workdir: Path) -> dict:
+def bench(name: str, runs: int, workdir: Path, max_steps: int | None = None) -> dict:
     from safetensors.torch import load_file
 
     env = dict(os.environ)
     env.pop("STEER_FAULT", None)
     base = [sys.executable, "-m", "steer_cli", "train", *CONFIGS[name]]
+    if max_steps:
+        base += ["--max-steps", str(max_steps)]
     if name != "demo":
         base += ["--model", random_model(workdir), "--preset", "demo/demo/steering"]
     seeds = list(range(runs))
@@ -82,7 +84,7 @@ def bench(name: str, runs: int, workdir: Path) -> dict:
         for s in seeds)
     sequential = sum(t for t, _ in alone)
     one_peak = max(m for _, m in alone)
-    return {"config": name, "runs": runs, "args": CONFIGS[name], "job_seconds": round(job_s, 1),
+    return {"config": name, "runs": runs, "args": base[4:], "job_seconds": round(job_s, 1),
             "sequential_seconds": round(sequential, 1), "alone_seconds": [round(t, 1) for t, _ in alone],
             "time_ratio": round(job_s / sequential, 3), "job_peak_rss_bytes": job_rss,
             "one_run_peak_rss_bytes": one_peak, "memory_ratio": round(job_rss / one_peak, 3),
@@ -93,13 +95,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=4, help="K: seeds in the job")
     parser.add_argument("--only", choices=sorted(CONFIGS), action="append", help="configurations to run")
+    parser.add_argument("--max-steps", type=int, help="steps of every run (default: each configuration's own)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="steer-bench-multirun-") as tmp:
         workdir = args.workdir or Path(tmp)
-        results = [bench(name, args.runs, workdir) for name in (args.only or list(CONFIGS))]
+        results = [bench(name, args.runs, workdir, args.max_steps) for name in (args.only or list(CONFIGS))]
     out = {"load_average_at_start": round(load, 2), "load_average_at_end": round(os.getloadavg()[0], 2),
            "cpu_count": os.cpu_count(), "results": results}
     for r in results:

@@ -278,6 +278,16 @@ def _max_weight_diff(a: Path, b: Path) -> float:
     return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
 
 
+def check_multirun(ctx: Ctx) -> dict[str, Any]:
+    """Four demo seeds in one job against the same four runs one after another (the multi-run
+    benchmark); on a GPU the runs need not match the runs alone bit for bit (exit 1 is kept)."""
+    out = ctx.work / "multirun.json"
+    script = Path(__file__).resolve().parent / "bench_multirun.py"
+    ctx.run([sys.executable, str(script), "--only", "demo", "--runs", "4", "--max-steps", "2" if ctx.quick else "20",
+             "--workdir", str(ctx.work / "multirun"), "--json", str(out)], timeout=400, name="multirun", ok_codes=(0, 1))
+    return json.loads(out.read_text())["results"][0]
+
+
 CHECKS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "env": check_env,
     "train_steering_hf": check_train_steering_hf,
@@ -289,6 +299,7 @@ CHECKS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "bench_1b": check_bench_1b,
     "train_steering_vllm": check_train_steering_vllm,
     "vllm_matches_hf": check_vllm_matches_hf,
+    "multirun": check_multirun,
 }
 
 

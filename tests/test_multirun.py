@@ -86,7 +86,7 @@ def test_three_runs_killed_and_stopped_resume_to_the_uninterrupted_result(tmp_pa
 
     again = _job(out, "--sweep", "train.seed=0,1,2", "--resume")  # a requeue after the end
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("has finished") == 3 and "nothing to do" in again.stderr
+    assert again.stderr.count("has finished (") == 3 and "nothing to do" in again.stderr
 
 
 def test_a_run_a_checkpoint_ahead_goes_back_to_the_common_step(tmp_path, two_seed_job):
@@ -209,11 +209,21 @@ def test_report_reads_a_sweep_as_separate_runs(tmp_path, two_seed_job):
         summary = json.loads((sweep / f"seed-{seed}" / "eval" / "final" / "summary.json").read_text())
         (bench,) = summary["benchmarks"].values()
         accuracy[seed] = bench["mean"]
-    report = subprocess.run([sys.executable, "-m", "steer_cli", "report", str(sweep), "--json"],
-                            cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr
-    assert "seed-0" in report.stdout and "seed-1" in report.stdout
     text = subprocess.run([sys.executable, "-m", "steer_cli", "report", str(sweep)], cwd=tmp_path, env=demo_env(),
                           capture_output=True, text=True, timeout=300).stdout
+    assert "seed-0" in text and "seed-1" in text  # the training-runs table lists both
     (row,) = [line for line in text.splitlines() if "| Steering" in line][:1]
     assert f"{100 * (accuracy[0] + accuracy[1]) / 2:.1f}" in row, (row, accuracy)
+
+
+def test_single_layer_runs_in_a_job_equal_each_alone(tmp_path):
+    """--sweep setup.steering.layers: the job's hooks sit on the union of the runs' layers and each
+    row adds only its run's layer; a run equals the single-layer run trained alone."""
+    job = _job(tmp_path / "layers", "--sweep", "setup.steering.layers=[1],[3]")
+    assert job.returncode == 0, job.stderr
+    alone = _job(tmp_path / "alone", "--set", "setup.steering.layers=[3]")
+    assert alone.returncode == 0, alone.stderr
+    in_job, meta = _vectors(tmp_path / "layers" / "layer-3")
+    assert meta["layers"] == [3]
+    assert torch.equal(in_job, _vectors(tmp_path / "alone")[0])
+    assert in_job[[0, 1, 2]].abs().sum() == 0 and in_job[3].abs().sum() > 0

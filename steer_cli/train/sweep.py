@@ -45,7 +45,8 @@ class RunSpec:
 
 
 def parse_sweep(text: str) -> Sweep:
-    """``KEY=V1,V2,...`` (values read as YAML, so ``1e-3`` is a number and ``[0,1]`` a list)."""
+    """``KEY=V1,V2,...`` (numbers as numbers, ``1e-3`` included; other values read as YAML, so
+    ``[0,1]`` is a list)."""
     if "=" not in text:
         raise SteerError(f"--sweep expects KEY=V1,V2,... (e.g. --sweep train.seed=0,1,2), got {text!r}")
     key, raw = (part.strip() for part in text.split("=", 1))
@@ -85,6 +86,11 @@ def _split(raw: str) -> list[str]:
 
 
 def _value(raw: str) -> Any:
+    for number in (int, float):  # YAML reads 1e-3 (no dot) as a string
+        try:
+            return number(raw)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
