@@ -216,7 +216,7 @@ def study_inputs(target: Optional[str], *, model: Optional[str], config: Optiona
                  flags: dict[str, Any]) -> tuple[Path, Optional[Path], Any]:
     """(vectors file, its training run or None, settings) from the command line; reads only."""
     from steer_cli.runs import latest_run
-    from steer_cli.study.forced_inputs import base_layer, model_name_flag, vectors_and_run
+    from steer_cli.study.inputs import base_layer, model_name_flag, vectors_and_run
 
     if target is None:
         runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
@@ -231,7 +231,7 @@ def study_inputs(target: Optional[str], *, model: Optional[str], config: Optiona
 
 def other_vectors(text: Optional[str], flag: str) -> Optional[Path]:
     """A second vectors file or run (``--against``), or None for 'base'."""
-    from steer_cli.study.forced_inputs import vectors_and_run
+    from steer_cli.study.inputs import vectors_and_run
 
     if text is None or text == "base":
         return None
