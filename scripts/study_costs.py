@@ -1,10 +1,12 @@
-"""What `study seeds`, `lens train-tuned` and `study adaptive` cost as prompts and layers grow.
+"""What the part-2 studies (tokens, patch, persistence, seeds, tuned lens, adaptive) cost as prompts
+and layers grow.
 
-    python scripts/study_costs.py            # every configuration, each in a fresh process
+    python scripts/study_costs.py                    # every configuration, each in a fresh process
+    python scripts/study_costs.py tokens persistence # only these studies
 
 Prints one JSON line per configuration: the seconds of the work itself (after loading) and the
 peak resident memory above the loaded process (VmHWM - VmRSS before the work). CPU, tiny models:
-the README's "What the part-2b studies cost" table.
+the README's "What the part-2 studies cost" table.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = [("seeds", 4, 128, 1), ("seeds", 28, 128, 1), ("seeds", 28, 3584, 1), ("seeds", 28, 3584, 3),
            ("tuned", 2, 16, 0), ("tuned", 2, 64, 0), ("tuned", 8, 16, 0), ("tuned", 8, 64, 0),
            ("adaptive", 1, 8, 0), ("adaptive", 1, 32, 0), ("adaptive", 4, 8, 0), ("adaptive", 4, 32, 0)]
+# token-level studies: a layers of a 256-wide random Qwen2 (4 heads, 2 key-value heads), b problems of
+# the demo set, 32-token sampled completions (a random model never stops: every completion is 32)
+CONFIGS += [(kind, a, b, 0) for kind in ("tokens", "patch", "persistence") for a in (2, 8) for b in (8, 32)]
 
 
 def _memory() -> tuple[int, int]:
@@ -58,6 +63,8 @@ def _one(kind: str, a: int, b: int, c: int, work: Path) -> dict:
         start = time.perf_counter()
         train_translators(model, seqs, list(range(a - 1)), TunedLensSettings(sequences_per_step=8))
         seconds = time.perf_counter() - start
+    elif kind in ("tokens", "patch", "persistence"):
+        seconds, before = _forced(kind, a, b, work)
     else:  # a single-layer rank-1 adapters on the demo, b problems, 32-token completions
         from peft import LoraConfig, get_peft_model
 
@@ -83,15 +90,48 @@ def _one(kind: str, a: int, b: int, c: int, work: Path) -> dict:
             "peak_above_loaded_mb": round((peak - before) / 2**20, 1), "peak_mb": round(peak / 2**20, 1)}
 
 
+def _forced(kind: str, layers: int, prompts: int, work: Path) -> tuple[float, int]:
+    """One token-level study on a random model: the study itself (sampling, teacher forcing, the
+    statistics), its model load excluded by loading it once before (the study's own load is then
+    from the page cache and the allocator's free lists, a fraction of a second)."""
+    import torch
+    from tiny_models import save_tiny_lm
+
+    from steer_cli.settings import Layer, build_settings, unflatten
+    from steer_cli.study.inputs import load_model
+    from steer_cli.vectors.file import save_vectors
+
+    lm = save_tiny_lm(work / "lm", num_hidden_layers=layers, hidden_size=256, intermediate_size=1024,
+                      num_attention_heads=4, num_key_value_heads=2)
+    merged = save_vectors(work / "v.safetensors", 2.0 * torch.randn(layers, 256), base_model=str(lm))
+    values = {"model.name": str(lm), "data.dataset": "demo", "prompt.stop": ["<|im_end|>"], "prompt.template": "chat"}
+    values.update({f"study.{kind}.{k}": v for k, v in
+                   {"prompts": prompts, "max_new_tokens": 32, "batch": 8, "temperature": 1.0}.items()})
+    settings = build_settings([Layer(unflatten(values), "costs")])
+    load_model(settings)  # warm: the timed study loads the model again, from the page cache
+    from steer_cli.study.patch import run_patch
+    from steer_cli.study.persistence import run_persistence
+    from steer_cli.study.tokens import run_tokens
+
+    run = {"tokens": lambda **kw: run_tokens(settings, merged, None, against=None, **kw),
+           "patch": lambda **kw: run_patch(settings, merged, None, **kw),
+           "persistence": lambda **kw: run_persistence(settings, merged, None, **kw)}[kind]
+    before, _ = _memory()
+    start = time.perf_counter()
+    run(output_dir=work / "out", interactive=False, plot=False)
+    return time.perf_counter() - start, before
+
+
 def main() -> None:
-    if len(sys.argv) == 5:
+    if sys.argv[1:2] == ["--one"]:  # a child: one configuration
         sys.path.insert(0, str(ROOT / "tests"))
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(_one(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(tmp))))
+            print(json.dumps(_one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(tmp))))
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for config in CONFIGS:
-        done = subprocess.run([sys.executable, __file__, *map(str, config)], env=env, capture_output=True, text=True)
+    only = set(sys.argv[1:])
+    for config in [c for c in CONFIGS if not only or c[0] in only]:
+        done = subprocess.run([sys.executable, __file__, "--one", *map(str, config)], env=env, capture_output=True, text=True)
         print(done.stdout.strip().splitlines()[-1] if done.returncode == 0 else
               json.dumps({"config": config, "error": done.stderr.strip().splitlines()[-1:]}), flush=True)
 

@@ -74,3 +74,20 @@ def test_one_line_errors(tmp_path, demo_vectors):
     one_line_error(runner.invoke(app, ["study", "patch", str(other)]), "another model")
     zero = save_vectors(tmp_path / "z.safetensors", torch.zeros(4, 128), base_model="demo")
     one_line_error(runner.invoke(app, ["study", "patch", str(zero)]), "row 2 of")
+
+
+def test_kl_heads_figure_separates_small_kls(tmp_path, monkeypatch):
+    """Head-patch KLs far below the base patch's stay apart: symlog axis from 0."""
+    from steer_cli.study import patch_plots
+
+    seen = []
+    monkeypatch.setattr(patch_plots, "save_png", lambda fig, path: seen.append(fig) or path)
+    patches = [{"key": "base", "mode": "base", "heads": [], "path": "all", "kl": {"mean": 2e-3}},
+               {"key": "no-patch", "mode": "no-patch", "heads": [], "path": "all", "kl": {"mean": 0.0}},
+               *({"key": f"skip-head-{h}", "mode": "skip-head", "heads": [h], "path": "all",
+                  "kl": {"mean": 3e-7 * (h + 1)}} for h in (0, 1))]
+    results = {"metric": "kl", "patches": patches, "reference": {"label": "no-patch"}, "source_layer": 2,
+               "target_layer": 3}
+    patch_plots.plot_heads(results, tmp_path / "heads.png")
+    ax = seen[0].axes[0]
+    assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] == 0.0

@@ -145,3 +145,14 @@ def test_command_on_the_demo_and_its_one_line_errors(tmp_path):
     one_line_error(runner.invoke(app, args[:3] + ["--token", "What is", "--output-dir", str(tmp_path / "y")]),
                    "--token 'What is' is")
     one_line_error(runner.invoke(app, args + ["--prompts", "5"]), "other inputs or settings")
+
+
+def test_kl_by_position_axis_starts_at_zero(tmp_path, monkeypatch):
+    """KL >= 0: the symlog axis must not mirror empty negative decades below 0."""
+    from steer_cli.study import tokens_plots
+
+    seen = []
+    monkeypatch.setattr(tokens_plots, "save_png", lambda fig, path: seen.append(fig) or path)
+    tokens_plots.plot_kl_by_position([6e-4, 1e-4, 1e-3, 0.2, 3e-3], {"mean": 0.06}, tmp_path / "kl.png")
+    bottom, top = seen[0].axes[0].get_ylim()
+    assert bottom == 0.0 and top >= 0.2

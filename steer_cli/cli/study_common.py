@@ -1,5 +1,10 @@
-"""What the accuracy-study commands share: the eval flags, settings from the command line, the
-output directory, running under torchrun like ``steer eval``, and printing the result."""
+"""What the study commands share.
+
+Accuracy studies (layers, pairs, transfer, magnitude): the eval flags, settings from the command
+line, the output directory, running under torchrun like ``steer eval``, and printing the result.
+Token-level studies (tokens, patch, persistence): the vectors argument, settings built on the
+run's own, their output flags and --json. Their help texts differ where the flags do (``-o`` and
+``--plot DIR`` there, ``--output-dir`` and ``--plot/--no-plot`` here)."""
 
 from __future__ import annotations
 
@@ -129,9 +134,10 @@ def fields_of(spec: Optional[str]) -> Any:
 
 
 def say(message: str) -> None:
+    """One line on stderr, printed as is (no rich markup: paths may hold brackets)."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(message)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
 
 
 def run_study(body: Callable[[Any], Optional[tuple[dict[str, Any], Path]]], *, as_json: bool,
@@ -191,3 +197,53 @@ def print_grid(title: str, rows: list[str], cols: list[str], matrix: list[list[A
     for r, row in zip(rows, matrix):
         table.add_row(str(r), *[fmt(v) for v in row])
     print_table(stdout_console(), table)
+
+
+# -- token-level studies (tokens, patch, persistence) -------------------------------------------
+VECTORS_HELP = ("Vectors file (.safetensors/.npy) or training run directory; default: the most recent training "
+                "run under runs/. A run's settings (model, prompt template, stop tokens, training set) are used.")
+MODEL_HELP = "Model to study the vectors on; default: the run's model, or base_model in the file's metadata."
+FORCED_OUTPUT_HELP = ("Where study.json, figures/ and the work in progress go (default: "
+                      "runs/study/<experiment>/<run>).")
+FORCED_OVERWRITE_HELP = "Redo the study in --output-dir even if it holds one with other inputs or settings."
+FORCED_JSON_HELP = "Print study.json on stdout instead of the summary."
+FORCED_PLOT_HELP = "Write the figures (figures/*.png)."
+FORCED_CONFIG_HELP = "YAML file of settings, applied over the run's."
+FORCED_SET_HELP = "Override any setting: --set study.tokens.top_k=10 (repeatable)."
+
+
+def study_inputs(target: Optional[str], *, model: Optional[str], config: Optional[Path], sets: Optional[list[str]],
+                 flags: dict[str, Any]) -> tuple[Path, Optional[Path], Any]:
+    """(vectors file, its training run or None, settings) from the command line; reads only."""
+    from steer_cli.runs import latest_run
+    from steer_cli.study.inputs import base_layer, model_name_flag, vectors_and_run
+
+    if target is None:
+        runs_dir = settings_from_cli(preset=None, config=None, sets=sets, flags={}, infer_preset=False).output.runs_dir
+        target = str(latest_run(runs_dir, kind="train"))
+        say(f"using the most recent training run {target}")
+    vectors, run = vectors_and_run(target)
+    name = model_name_flag(vectors, run, model)
+    settings = settings_from_cli(preset=None, config=config, sets=sets, flags=dict(flags, **{"model.name": name}),
+                                 base=base_layer(vectors, run), infer_preset=False)
+    return vectors, run, settings
+
+
+def other_vectors(text: Optional[str], flag: str) -> Optional[Path]:
+    """A second vectors file or run (``--against``), or None for 'base'."""
+    from steer_cli.study.inputs import vectors_and_run
+
+    if text is None or text == "base":
+        return None
+    if not Path(text).expanduser().exists():
+        raise SteerError(f"{flag} {text!r} is neither 'base' nor an existing vectors file or training run")
+    return vectors_and_run(text)[0]
+
+
+def print_json(doc: dict[str, Any]) -> None:
+    """study.json on stdout; a NaN or an object JSON cannot hold is an error, not invalid JSON."""
+    print(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=_not_serialisable))
+
+
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -9,17 +9,17 @@ import typer
 
 from steer_cli.cli.common import doc, parse_int_list, parse_str_list, run_command
 from steer_cli.cli.study_cmd import study_app
-from steer_cli.cli.study_forced_common import (
-    CONFIG_HELP,
-    JSON_HELP,
+from steer_cli.cli.study_common import (
+    FORCED_CONFIG_HELP,
+    FORCED_JSON_HELP,
+    FORCED_OUTPUT_HELP,
+    FORCED_OVERWRITE_HELP,
+    FORCED_PLOT_HELP,
+    FORCED_SET_HELP,
     MODEL_HELP,
-    OUTPUT_HELP,
-    OVERWRITE_HELP,
-    PLOT_HELP,
-    SET_HELP,
     VECTORS_HELP,
-    note,
     print_json,
+    say,
     study_inputs,
 )
 
@@ -58,12 +58,12 @@ def patch_command(
     seeds: Optional[str] = typer.Option(None, "--seeds", help=doc("eval.seeds")),
     limit: Optional[int] = typer.Option(None, "--limit", help=doc("eval.limit")),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=OUTPUT_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    plot: bool = typer.Option(True, "--plot/--no-plot", help=PLOT_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=FORCED_OUTPUT_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=FORCED_OVERWRITE_HELP),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help=FORCED_PLOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=FORCED_JSON_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=FORCED_CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=FORCED_SET_HELP),
 ) -> None:
     raw = {"modes": modes, "paths": paths, "benchmarks": benchmarks, "seeds": seeds}
     flags = {"study.patch.source_layer": source_layer, "study.patch.heads": heads, "study.patch.metric": metric,
@@ -94,5 +94,5 @@ def _patch(target: Optional[str], *, model: Optional[str], config: Optional[Path
                           "eval.seeds": parse_int_list(raw["seeds"], "--seeds")})
     path, run, settings = study_inputs(target, model=model, config=config, sets=sets, flags=full)
     doc_, out = run_patch(settings, path, run, output_dir=output_dir, interactive=is_interactive(), plot=plot)
-    note(f"results in {out}")
+    say(f"results in {out}")
     return doc_

@@ -9,16 +9,16 @@ import typer
 
 from steer_cli.cli.common import doc, run_command
 from steer_cli.cli.study_cmd import study_app
-from steer_cli.cli.study_forced_common import (
-    CONFIG_HELP,
-    JSON_HELP,
+from steer_cli.cli.study_common import (
+    FORCED_CONFIG_HELP,
+    FORCED_JSON_HELP,
+    FORCED_OUTPUT_HELP,
+    FORCED_OVERWRITE_HELP,
+    FORCED_PLOT_HELP,
+    FORCED_SET_HELP,
     MODEL_HELP,
-    OUTPUT_HELP,
-    OVERWRITE_HELP,
-    PLOT_HELP,
-    SET_HELP,
-    note,
     print_json,
+    say,
     study_inputs,
 )
 
@@ -49,12 +49,12 @@ def persistence_command(
                                                  help=doc("study.persistence.max_new_tokens")),
     batch: Optional[int] = typer.Option(None, "--batch", help=doc("study.persistence.batch")),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=OUTPUT_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    plot: bool = typer.Option(True, "--plot/--no-plot", help=PLOT_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=FORCED_OUTPUT_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=FORCED_OVERWRITE_HELP),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help=FORCED_PLOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=FORCED_JSON_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=FORCED_CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=FORCED_SET_HELP),
 ) -> None:
     flags = {"study.persistence.layers": layers, "study.persistence.positions": positions,
              "study.persistence.prompts": prompts, "study.persistence.seed": seed,
@@ -79,5 +79,5 @@ def _persistence(target: Optional[str], *, pairs: Optional[Path], model: Optiona
     path, run, settings = study_inputs(target, model=model, config=config, sets=sets, flags=flags)
     doc_, out = run_persistence(settings, path, run, pairs=pairs, output_dir=output_dir,
                                 interactive=is_interactive(), plot=plot)
-    note(f"results in {out}")
+    say(f"results in {out}")
     return doc_

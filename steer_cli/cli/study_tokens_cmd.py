@@ -9,18 +9,18 @@ import typer
 
 from steer_cli.cli.common import doc, run_command
 from steer_cli.cli.study_cmd import study_app
-from steer_cli.cli.study_forced_common import (
-    CONFIG_HELP,
-    JSON_HELP,
+from steer_cli.cli.study_common import (
+    FORCED_CONFIG_HELP,
+    FORCED_JSON_HELP,
+    FORCED_OUTPUT_HELP,
+    FORCED_OVERWRITE_HELP,
+    FORCED_PLOT_HELP,
+    FORCED_SET_HELP,
     MODEL_HELP,
-    OUTPUT_HELP,
-    OVERWRITE_HELP,
-    PLOT_HELP,
-    SET_HELP,
     VECTORS_HELP,
-    note,
     other_vectors,
     print_json,
+    say,
     study_inputs,
 )
 
@@ -48,12 +48,12 @@ def tokens_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=doc("study.tokens.max_new_tokens")),
     batch: Optional[int] = typer.Option(None, "--batch", help=doc("study.tokens.batch")),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=OUTPUT_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    plot: bool = typer.Option(True, "--plot/--no-plot", help=PLOT_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=FORCED_OUTPUT_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=FORCED_OVERWRITE_HELP),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help=FORCED_PLOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=FORCED_JSON_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=FORCED_CONFIG_HELP),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=FORCED_SET_HELP),
 ) -> None:
     flags = {"inference.layers": layers, "inference.scale": scale, "study.tokens.token": token,
              "study.tokens.prompts": prompts, "study.tokens.seed": seed, "study.tokens.temperature": temperature,
@@ -80,5 +80,5 @@ def _tokens(target: Optional[str], *, against: Optional[str], model: Optional[st
     second = other_vectors(settings.study.tokens.against, "--against")
     doc_, out = run_tokens(settings, path, run, against=second, output_dir=output_dir,
                            interactive=is_interactive(), plot=plot)
-    note(f"results in {out}")
+    say(f"results in {out}")
     return doc_

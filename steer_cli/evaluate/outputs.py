@@ -20,12 +20,24 @@ TARGET_KIND = "steer-eval-target"
 FORMAT_VERSION = 1
 
 
+def is_new_output_dir(out: Path) -> bool:
+    """True where ``out`` does not exist or holds only our lock file; a one-line error where it is a
+    file. (Shared with the studies' output directories.)"""
+    if out.exists() and not out.is_dir():
+        raise SteerError(f"output path {out} exists and is not a directory")
+    return not out.exists() or not any(not is_lock_file(p) for p in out.iterdir())
+
+
+def identity_changes(previous: dict[str, Any], ident: dict[str, Any], shown: int) -> str:
+    """The first ``shown`` keys whose values differ, as 'key: old -> new; ...' ('' when none)."""
+    diffs = [k for k in sorted(set(previous) | set(ident)) if previous.get(k) != ident.get(k)]
+    return "; ".join(f"{k}: {previous.get(k)!r} -> {ident.get(k)!r}" for k in diffs[:shown])
+
+
 def check_output_dir(out: Path, ident: dict[str, Any], overwrite: bool) -> str:
     """"new", "continue" or "overwrite"; raises (writing nothing) where the directory is not ours or
     holds another protocol's results."""
-    if out.exists() and not out.is_dir():
-        raise SteerError(f"output path {out} exists and is not a directory")
-    if not out.exists() or not any(not is_lock_file(p) for p in out.iterdir()):  # our lock: still new
+    if is_new_output_dir(out):
         return "new"
     target_file = out / "target.json"
     if target_file.is_file():
@@ -37,9 +49,8 @@ def check_output_dir(out: Path, ident: dict[str, Any], overwrite: bool) -> str:
             return "overwrite"
         if previous is None:
             raise SteerError(f"{target_file} is unreadable; pass --overwrite to redo the evaluation in {out}")
-        diffs = [k for k in sorted(set(previous) | set(ident)) if previous.get(k) != ident.get(k)]
-        if diffs:
-            shown = "; ".join(f"{k}: {previous.get(k)!r} -> {ident.get(k)!r}" for k in diffs[:10])
+        shown = identity_changes(previous, ident, 10)
+        if shown:
             raise SteerError(f"{out} holds an evaluation with other settings ({shown}); pass --overwrite to "
                              "redo it, or another --output-dir")
         return "continue"

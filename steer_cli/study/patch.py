@@ -37,7 +37,7 @@ from steer_cli.lock import hold_dir
 from steer_cli.patching.archs import locate
 from steer_cli.rollout.hf import HFBackend
 from steer_cli.settings import Settings
-from steer_cli.study import forced_inputs as I
+from steer_cli.study import inputs as I
 from steer_cli.study.branches import BASELINES, BranchedLayer, Patch, plan_patches
 from steer_cli.study.forced import LayerReplay, head_logits, model_device, pad_right, sample_completions
 from steer_cli.study.partial import append_lines, read_lines, read_partial, write_partial

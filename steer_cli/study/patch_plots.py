@@ -39,8 +39,13 @@ def plot_heads(results: dict[str, Any], path: Path) -> Path:
     fig = new_figure(4.2 * len(modes), 3.4)
     ylabel = (f"KL({results['reference']['label']} || patch)" if results["metric"] == "kl"
               else "Average accuracy")
+    # KLs of head patches sit orders of magnitude below the base patch's: on a linear axis they
+    # all lie on 0, so KL gets a symlog axis linear below the smallest positive value
+    positive = [v for v in values.values() if v is not None and v > 0]
     for n, mode in enumerate(modes):
         ax = fig.add_subplot(1, len(modes), n + 1)
+        if results["metric"] == "kl" and positive:
+            ax.set_yscale("symlog", linthresh=min(positive))
         for path_name, points in curves.get(mode, {}).items():
             points.sort()
             ax.plot([h for h, _ in points], [y for _, y in points], marker="o", ms=3, color="#4C4C9D",
@@ -52,6 +57,8 @@ def plot_heads(results: dict[str, Any], path: Path) -> Path:
         if n == 0:
             ax.set_ylabel(ylabel)
         integer_ticks(ax, "x")
+        if results["metric"] == "kl":
+            ax.set_ylim(bottom=0.0)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"vector of layer {results['source_layer']} through layer {results['target_layer']}")
     return save_png(fig, path)

@@ -40,7 +40,7 @@ from steer_cli.lock import hold_dir
 from steer_cli.patching.archs import locate
 from steer_cli.patching.steering import attach_steering
 from steer_cli.settings import Settings
-from steer_cli.study import forced_inputs as I
+from steer_cli.study import inputs as I
 from steer_cli.study.forced import RowVector, layer_outputs, model_device, pad_right, sample_completions
 from steer_cli.study.partial import append_lines, read_lines, read_partial, write_partial
 from steer_cli.study.persistence_plots import plot_matrices, plot_scatter

@@ -32,7 +32,7 @@ from steer_cli.patching.archs import locate
 from steer_cli.patching.steering import SteeringHandle, attach_steering
 from steer_cli.patching.strength import kept_layers
 from steer_cli.settings import Settings
-from steer_cli.study import forced_inputs as I
+from steer_cli.study import inputs as I
 from steer_cli.study.forced import final_hidden, head_logits, model_device, pad_right, sample_completions
 from steer_cli.study.partial import append_lines, read_lines, read_partial, write_partial
 from steer_cli.study.position_stats import DeltaSums, RowStats, quantiles, stream_rows

@@ -62,4 +62,7 @@ def plot_kl_by_position(means: Sequence[Optional[float]], rest: Optional[dict[st
     ax.set_xlabel("generation position")
     ax.set_ylabel("KL(reference || steered)")
     ax.set_yscale("symlog", linthresh=1e-6)
+    # KL is never negative: without a floor, symlog's autoscale mirrors the axis below 0 (empty
+    # negative decades that take half the figure)
+    ax.set_ylim(bottom=0.0)
     return save_png(fig, path)
