@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list
 from transformers import get_scheduler
 
 from steer_cli.data.prompts import completion_stop_ids
@@ -59,7 +59,6 @@ from steer_cli.train.fsdp import (
     init_restarted_process_group,
     optimizer_state,
     shard_model,
-    training_state_bytes,
     whole,
 )
 from steer_cli.train.job import RunState, bank_of, masked_vectors, rollout_requests, run_view
@@ -73,6 +72,7 @@ from steer_cli.train.outputs import (
     run_finished,
 )
 from steer_cli.train.rewarding import record_reward, step_rewards
+from steer_cli.train.step_metrics import step_metrics
 from steer_cli.train.stopping import StepDropped, rng_state, set_rng_state, stop_message
 from steer_cli.train.update import accumulate_policy_gradients
 from steer_cli.vectors.file import load_vectors, unembed_sha256
@@ -258,7 +258,7 @@ class Trainer:
 
     def _engine_view(self, run: RunState) -> Any:
         """What a vLLM engine takes from a run: a steering run's vectors with only its own layers'
-        rows (the engine adds every row it holds), otherwise the trainable itself."""
+        rows (the engine adds every row), otherwise the trainable itself."""
         if not self.steering:
             return run.trainable
         return SimpleNamespace(kind="steering", steering=SimpleNamespace(vectors=masked_vectors(run)))
@@ -485,7 +485,7 @@ class Trainer:
                 "gen_tokens": int(local_tokens[k]),
                 "t_gen": t_gen - t_start,
             }
-            out.append(self._metrics(run, step, local, {
+            out.append(step_metrics(self, run, step, local, {
                 "loss": loss_global[k], "kl": kl_global[k] if s.train.kl_coef > 0 else None, "grad_norm": grad_norm,
                 "lr": lr, "finite": finite, "time_grade": t_grade - t_gen, "time_update": t_update - t_grade,
                 "time_sync": sync_time, "time_step": t_end - t_start,
@@ -499,56 +499,6 @@ class Trainer:
         t0 = time.perf_counter()
         sync(self._engine_view(self.active[0]))
         return time.perf_counter() - t0
-
-    def _metrics(self, run: RunState, step: int, local: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
-        if self.world > 1:
-            parts = gather_object([local])
-        else:
-            parts = [local]
-        cat = {k: [x for p in parts for x in p[k]] for k in ("correct", "rewards", "lengths", "stopped", "same")}
-        gen_tokens = sum(p["gen_tokens"] for p in parts)
-        t_gen = max(p["t_gen"] for p in parts)
-        rewards = torch.tensor(cat["rewards"])
-        lengths = torch.tensor(cat["lengths"], dtype=torch.float32)
-        m: dict[str, Any] = {
-            "step": step + 1,
-            "epoch": round((step + 1) * self.s.train.prompts_per_step / len(self.examples), 4),
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
-            # a plug-in's rewards are not right or wrong: no accuracy
-            "accuracy": float(torch.tensor(cat["correct"], dtype=torch.float32).mean()) if cat["correct"] else None,
-            "reward_errors": sum(x for p in parts for x in p["reward_errors"]),
-            "frac_same_reward_groups": float(np.mean(cat["same"])),
-            "completion_len_mean": float(lengths.mean()),
-            "completion_len_max": int(lengths.max()),
-            "frac_truncated": 1.0 - float(np.mean(cat["stopped"])),
-            "loss": shared["loss"],
-            "grad_norm": shared["grad_norm"],
-            "lr": shared["lr"],
-            "skipped_nonfinite": 0 if shared["finite"] else 1,
-            "nonfinite_total": run.nonfinite_total,
-            # the job's times: several runs share each phase
-            "time_generate": t_gen,
-            "time_grade": shared["time_grade"],
-            "time_update": shared["time_update"],
-            "time_sync": shared["time_sync"],
-            "time_step": shared["time_step"],
-            "gen_tokens": gen_tokens,
-            "tokens_per_second": gen_tokens / t_gen if t_gen > 0 else None,
-        }
-        if self.multi:
-            m["runs_in_job"] = len(self.active)
-        if shared["kl"] is not None:
-            m["kl"] = shared["kl"]
-        if run.state_bytes is None and run.optimizer.state:  # fixed once state exists
-            run.state_bytes = training_state_bytes(run.params, run.optimizer)
-        m["state_bytes_per_process"] = run.state_bytes
-        if self.acc.device.type == "cuda":
-            m["gpu_memory_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.acc.device))
-        if run.trainable.steering is not None:
-            norms = masked_vectors(run).norm(dim=-1)
-            m["vector_norms"] = [round(float(x), 6) for x in norms]
-        return m
 
     # -- persistence ---------------------------------------------------------------------------
     def _trainer_state(self, run: RunState, step: int) -> dict[str, Any]:
@@ -616,8 +566,7 @@ class Trainer:
 
     # -- main ----------------------------------------------------------------------------------
     def run(self) -> Path | list[Path] | None:
-        """The ``final/`` directory (a list of them for a job of several runs; None on processes
-        other than the main one)."""
+        """The ``final/`` directory (a list for a job of several runs; None off the main process)."""
         try:
             with contextlib.ExitStack() as stack:
                 self._stack = stack  # holds the runs' directory locks until the job has ended
