@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno as errnos
 import os
+import sys
 
 
 class SteerError(Exception):
@@ -60,3 +61,10 @@ class WriteError(Exception):
     def with_hint(self, hint: str) -> "WriteError":
         """The same error with what the user can do about it appended (the command knows best)."""
         return WriteError(f"{self}; {hint}", path=self.path, errno=self.errno, reason=self.reason)
+
+
+def say(line: str) -> None:
+    """Print one line on stderr in a single write: under torchrun every process may print the same
+    line at once, and print()'s separate write of the newline lets two lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from steer_cli.errors import SteerError, WriteError
+from steer_cli.errors import SteerError, WriteError, say
 from steer_cli.faults import write_fault
 
 LOCK_NAME = ".steer.lock"  # inside a locked directory; other code ignores it
@@ -122,8 +122,8 @@ def _acquire(lock_path: Path, target: Path, hint: str) -> int | None:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise SteerError(f"{target} is in use by {holder}; wait for it to finish or use {hint}") from None
-            print(f"note: cannot lock {target} ({err.strerror or err}); nothing stops a second command "
-                  "from writing there at the same time", file=sys.stderr)
+            say(f"note: cannot lock {target} ({err.strerror or err}); nothing stops a second command "
+                  "from writing there at the same time")
             return None
         if _same_file(fd, lock_path):
             return fd

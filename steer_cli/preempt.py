@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
-from steer_cli.errors import Interrupted
+from steer_cli.errors import Interrupted, say
 from steer_cli.processes import end_started
 
 EXIT_PREEMPTED = Interrupted.exit_code  # 75, sysexits' EX_TEMPFAIL: stopped; the same command continues
@@ -88,7 +87,6 @@ class StopSignals:
             self._timer.start()
 
     def _expire(self) -> None:
-        print(f"stopped: {self.deadline_message or 'deadline after the stop signal passed'}",
-              file=sys.stderr, flush=True)
+        say(f"stopped: {self.deadline_message or 'deadline after the stop signal passed'}")
         end_started(grace=1.0)
         os._exit(EXIT_PREEMPTED)

@@ -180,3 +180,37 @@ def test_eval_stops_on_sigterm_keeps_finished_results_and_the_same_command_conti
     assert not list(out.rglob(".shards/*"))
     summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, whole))
     assert summary["benchmarks"] == reference["benchmarks"] and summary["average"] == reference["average"]
+
+
+class _Writes:
+    """A stderr that records each write call (unbuffered, as under PYTHONUNBUFFERED=1)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def write(self, text):
+        self.calls.append(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("error", ["input", "write", "stop"])
+def test_each_closing_line_goes_out_in_one_write_so_two_processes_cannot_join_theirs(monkeypatch, error):
+    """Under torchrun both processes print the same closing line at once; print() writes the newline
+    separately, and CI once saw two "stopped:" lines run together into one."""
+    import typer
+
+    from steer_cli.cli.common import run_command
+    from steer_cli.errors import Interrupted, SteerError, WriteError
+
+    exc = {"input": SteerError("bad flag"), "write": WriteError("cannot write x"), "stop": Interrupted("SIGTERM")}[error]
+
+    def boom():
+        raise exc
+
+    writes = _Writes()
+    monkeypatch.setattr(sys, "stderr", writes)
+    with pytest.raises(typer.Exit):
+        run_command(boom)
+    assert len(writes.calls) == 1 and writes.calls[0].endswith("\n") and writes.calls[0].count("\n") == 1, writes.calls

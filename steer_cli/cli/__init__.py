@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from steer_cli import __version__
-from steer_cli.errors import Interrupted, SteerError, WriteError
+from steer_cli.errors import Interrupted, SteerError, WriteError, say
 from steer_cli.preempt import StopSignals
 from steer_cli.processes import reaping
 
@@ -69,11 +69,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             with StopSignals(_SIGNAL_DEADLINE_S, _STOPPED, interrupt=_STOPPED):
                 app(args=argv, prog_name="steer")
         except SteerError as err:
-            print(f"error: {err}", file=sys.stderr)
+            say(f"error: {err}")
             sys.exit(2)
         except WriteError as err:
-            print(f"error: {err}", file=sys.stderr)
+            say(f"error: {err}")
             sys.exit(WriteError.exit_code)
         except Interrupted as err:
-            print(f"stopped: {err}", file=sys.stderr)
+            say(f"stopped: {err}")
             sys.exit(Interrupted.exit_code)

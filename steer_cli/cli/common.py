@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from steer_cli.errors import Interrupted, SteerError, WriteError
+from steer_cli.errors import Interrupted, SteerError, WriteError, say
 from steer_cli.settings import (
     Layer,
     Settings,
@@ -152,10 +152,10 @@ def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except SteerError as err:
         fail(str(err))
     except WriteError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}")
         raise typer.Exit(WriteError.exit_code) from None
     except Interrupted as err:
-        print(f"stopped: {err}", file=sys.stderr)
+        say(f"stopped: {err}")
         raise typer.Exit(Interrupted.exit_code) from None
     except KeyboardInterrupt:
         info("[yellow]interrupted[/yellow]")
@@ -163,7 +163,7 @@ def run_command(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    say(f"error: {message}")
     raise typer.Exit(2)
 
 

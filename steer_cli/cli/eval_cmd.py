@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,7 +19,7 @@ from steer_cli.cli.common import (
     run_command,
     settings_from_cli,
 )
-from steer_cli.errors import SteerError, WriteError
+from steer_cli.errors import SteerError, WriteError, say
 from steer_cli.runs import latest_run
 
 RUN_HELP = ("Training run directories, or their checkpoints (final, checkpoint-N), to evaluate with their "
@@ -113,7 +112,7 @@ def _eval(*, print_settings: bool, raw: dict[str, Optional[str]], flags: dict[st
         if not coord.main:
             raise  # this process's own error (while generating): it prints it
         try:
-            print(f"error: {err}", file=sys.stderr)
+            say(f"error: {err}")
             raise typer.Exit(err.exit_code) from None
         finally:
             coord.reported()

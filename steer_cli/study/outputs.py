@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, say
 from steer_cli.io import atomic_write_text
 from steer_cli.study.record import STUDY_FILE
 
@@ -87,7 +87,7 @@ class Progress:
         return self
 
     def _line(self, done: int) -> None:
-        print(f"{self.description}: {done}/{self.total} {self.unit}".rstrip(), file=sys.stderr)
+        say(f"{self.description}: {done}/{self.total} {self.unit}".rstrip())
 
     def update(self, done: int, total: Optional[int] = None) -> None:
         if self.quiet:

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from steer_cli.errors import say
+
 
 def step_line(m: dict[str, Any], total: int) -> str:
     parts = [
@@ -40,9 +42,9 @@ class Display:
             return
 
         self.console = Console(stderr=True, highlight=False)
-        print(f"steer train: {info}", file=sys.stderr, flush=True)
+        say(f"steer train: {info}")
         if start:
-            print(f"resuming at step {start}", file=sys.stderr, flush=True)
+            say(f"resuming at step {start}")
         if sys.stderr.isatty():
             self.progress = Progress(
                 TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -67,7 +69,7 @@ class Display:
             if m.get("skipped_nonfinite"):
                 self.progress.console.print(f"step {m['step']}: non-finite loss or gradient, update skipped")
         else:
-            print(step_line(m, self.total), file=sys.stderr, flush=True)
+            say(step_line(m, self.total))
 
     def _update_runs(self, ms: list[dict[str, Any]]) -> None:
         labels = self.labels or [str(k) for k in range(len(ms))]
@@ -80,7 +82,7 @@ class Display:
                     self.progress.console.print(f"{label} step {m['step']}: non-finite loss or gradient, update skipped")
             return
         for label, m in zip(labels, ms):
-            print(f"{label}: {step_line(m, self.total)}", file=sys.stderr, flush=True)
+            say(f"{label}: {step_line(m, self.total)}")
 
     def close(self) -> None:
         if self.progress is not None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from steer_cli.errors import SteerError
+from steer_cli.errors import SteerError, say
 from steer_cli.io import atomic_write_text, clear_dir, writing
 from steer_cli.lock import is_lock_file
 from steer_cli.models import model_slug
@@ -142,7 +141,7 @@ def init_output_dir(out_dir: Path, s: Settings, point: ResumePoint | None = None
         moved = set_aside(path)
         then = (f"resuming from {point.checkpoint.name}" if point.checkpoint is not None else
                 "no intact checkpoint is left: the run starts from the beginning")
-        print(f"note: {path.name} is damaged ({why}); moved it to {moved.name}, {then}", file=sys.stderr, flush=True)
+        say(f"note: {path.name} is damaged ({why}); moved it to {moved.name}, {then}")
     if point is not None and point.checkpoint is not None:
         return
     with writing(out_dir):
@@ -192,6 +191,6 @@ def common_resume(runs: list) -> None:
             for n, p in earlier.items():
                 if n > target:
                     shutil.rmtree(p)
-                    print(f"note: {run.name}: removed {p.name}, ahead of the job's other runs (step {target}); "
-                          "the job recomputes it", file=sys.stderr, flush=True)
+                    say(f"note: {run.name}: removed {p.name}, ahead of the job's other runs (step {target}); "
+                          "the job recomputes it")
         run.resume_point = ResumePoint(path if target else None, run.resume_point.damaged)

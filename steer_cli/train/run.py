@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import get_scheduler
 
 from steer_cli.data.prompts import completion_stop_ids
-from steer_cli.errors import Interrupted, SteerError, WriteError
+from steer_cli.errors import Interrupted, SteerError, WriteError, say
 from steer_cli.faults import maybe_die
 from steer_cli.io import append_jsonl
 from steer_cli.lock import hold_dir
@@ -133,8 +132,7 @@ class Trainer:
         for run in self.runs:
             if self.multi and self._on_main(lambda: run_finished(run.out_dir, run.s), share=True):
                 if self.main:
-                    print(f"note: {run.name} has finished ({run.out_dir / 'final'}); not trained again",
-                          file=sys.stderr, flush=True)
+                    say(f"note: {run.name} has finished ({run.out_dir / 'final'}); not trained again")
                 continue
             # The main process checks (and hashes) the checkpoints once; all learn where to resume.
             run.resume_point = self._on_main(lambda: check_output_dir(run.out_dir, run.s), share=True)
@@ -589,7 +587,7 @@ class Trainer:
         self._setup()
         if not self.active:
             if self.main:
-                print("steer train: every run of this job has finished; nothing to do", file=sys.stderr, flush=True)
+                say("steer train: every run of this job has finished; nothing to do")
             return []
         start = self._resume() if self.continues else 0
         if self.continues and not self.multi:
