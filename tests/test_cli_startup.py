@@ -45,3 +45,17 @@ def test_model_names_resolve(tmp_path, monkeypatch):
     with pytest.raises(SteerError, match="does not exist"):
         resolve_model("./missing/dir")
     assert len({m.preset for m in KNOWN_MODELS}) == len(KNOWN_MODELS)
+
+
+def test_every_study_takes_dash_o_for_its_output_directory():
+    """`-o DIR` works for every study (README's demo commands use it; tokens, patch and
+    persistence once took only --output-dir)."""
+    import typer.main
+
+    from steer_cli.cli import _register, app
+
+    _register()
+    study = typer.main.get_command(app).commands["study"]
+    lacking = [name for name, cmd in study.commands.items()
+               if not any("-o" in p.opts and "--output-dir" in p.opts for p in cmd.params)]
+    assert sorted(study.commands) and not lacking, lacking

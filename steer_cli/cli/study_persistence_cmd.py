@@ -49,7 +49,7 @@ def persistence_command(
                                                  help=doc("study.persistence.max_new_tokens")),
     batch: Optional[int] = typer.Option(None, "--batch", help=doc("study.persistence.batch")),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help=FORCED_OUTPUT_HELP),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help=FORCED_OUTPUT_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help=FORCED_OVERWRITE_HELP),
     plot: bool = typer.Option(True, "--plot/--no-plot", help=FORCED_PLOT_HELP),
     as_json: bool = typer.Option(False, "--json", help=FORCED_JSON_HELP),
