@@ -236,3 +236,17 @@ def test_a_stopped_study_resumes_cell_by_cell(files, tmp_path, monkeypatch):
     assert read_study(out)["results"]["grid"] == read_study(whole)["results"]["grid"]
     for cell in ("pair-2-2", "pair-2-3", "pair-3-3"):
         assert texts(out / "cells" / cell) == texts(whole / "cells" / cell)
+
+
+def test_a_long_figure_title_is_wrapped_inside_the_figure(tmp_path):
+    """transfer's title ran past both edges of its 2 x 3 heatmap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from steer_cli.study.figures import suptitle
+
+    fig = Figure(figsize=(4.3, 3.2))
+    suptitle(fig, "Accuracy (%): target model (rows) with the vectors of (columns), and then some more words")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)

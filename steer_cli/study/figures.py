@@ -5,6 +5,7 @@ are drawn in percent; missing values (None) are gaps or blank cells."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -63,7 +64,7 @@ def curves(path: Path, x: Sequence[float], series: Mapping[str, Mapping[str, Seq
         ax.set_visible(False)
     axes[0].legend(fontsize=8, loc="best")
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return save_png(fig, path)
 
 
@@ -104,7 +105,7 @@ def heatmap(path: Path, matrices: Mapping[str, Sequence[Sequence[Optional[float]
     for ax in axes[len(names):]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return save_png(fig, path)
 
 
@@ -115,3 +116,9 @@ def benchmark_displays(summaries: Sequence[Mapping[str, Any]]) -> dict[str, str]
         for name, entry in s.get("benchmarks", {}).items():
             out.setdefault(name, entry.get("display", name))
     return out
+
+
+def suptitle(fig: Any, title: str) -> None:
+    """The figure's title, wrapped to its width: a long one (transfer's) was cut at both edges."""
+    chars = max(20, int(fig.get_figwidth() * 9))  # ~9 characters per inch at the default 12 pt
+    fig.suptitle(textwrap.fill(title, chars))
