@@ -61,6 +61,7 @@ def test_pair_cells_cover_every_pair_once():
 def test_pick_checkpoint():
     scores = {"checkpoint-2": 0.4, "checkpoint-4": 0.6, "final": 0.6}
     assert pick_checkpoint(scores, "final") == "final"
-    assert pick_checkpoint(scores, "best") == "final"  # a tie: the later one
+    # a tie goes to the earlier checkpoint, as `steer report --select best` picks (it went to the later)
+    assert pick_checkpoint(scores, "best") == "checkpoint-4"
     assert pick_checkpoint({"checkpoint-2": 0.7, "checkpoint-4": None}, "best") == "checkpoint-2"
     assert pick_checkpoint({"checkpoint-2": 0.1, "checkpoint-4": 0.2}, "final") == "checkpoint-4"

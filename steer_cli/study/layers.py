@@ -58,16 +58,15 @@ def layer_run(run: Path, select: str, *, single: bool = True) -> LayerRun:
 
 def pick_checkpoint(scores: Mapping[str, Optional[float]], select: str) -> Optional[str]:
     """The checkpoint ``select`` keeps of those evaluated (name -> Average): ``final`` the final one
-    (else the last), ``best`` the highest Average (the later checkpoint on a tie).
-
-    The one place a selection rule lives: ``steer report --select`` (issue 23) may take it over."""
+    (else the last), ``best`` the highest Average, a tie going to the earlier checkpoint, as
+    ``steer report --select best`` (``report.select.best_checkpoint``) picks."""
     names = list(scores)
     if not names:
         return None
     if select == "final":
         return "final" if "final" in scores else names[-1]
     valued = [(v, i) for i, (n, v) in enumerate(scores.items()) if v is not None]
-    return names[max(valued)[1]] if valued else names[-1]
+    return names[max(valued, key=lambda vi: (vi[0], -vi[1]))[1]] if valued else names[-1]
 
 
 def run_key(run: LayerRun, checkpoint: str) -> str:
