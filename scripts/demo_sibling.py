@@ -3,29 +3,10 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM
-
-from steer_cli.models import demo_model_dir
-
-
-def main() -> None:
-    out = Path(sys.argv[1])
-    model = AutoModelForCausalLM.from_pretrained(demo_model_dir(), dtype=torch.float32)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.down_proj.weight.mul_(1.0 + 0.05 * torch.randn_like(layer.mlp.down_proj.weight))
-    model.save_pretrained(out)
-    for f in demo_model_dir().iterdir():
-        if f.name.startswith("tokenizer") or f.name == "generation_config.json":
-            shutil.copy(f, out / f.name)
-    print(out)
-
+from steer_cli.demo.sibling import make_demo_sibling
 
 if __name__ == "__main__":
-    main()
+    print(make_demo_sibling(Path(sys.argv[1])))

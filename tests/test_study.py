@@ -102,21 +102,9 @@ def test_magnitude_scale_zero_is_the_base_model(files, tmp_path):
 @pytest.fixture(scope="module")
 def sibling(tmp_path_factory):
     """A second model of the demo's geometry: the demo with its MLPs perturbed (tokenizer kept)."""
-    from transformers import AutoModelForCausalLM
+    from steer_cli.demo.sibling import make_demo_sibling
 
-    from steer_cli.models import demo_model_dir
-
-    out = tmp_path_factory.mktemp("sibling") / "demo-sibling"
-    model = AutoModelForCausalLM.from_pretrained(demo_model_dir(), dtype=torch.float32)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.down_proj.weight.mul_(1.0 + 0.05 * torch.randn_like(layer.mlp.down_proj.weight))
-    model.save_pretrained(out)
-    for f in demo_model_dir().iterdir():
-        if f.name.startswith("tokenizer") or f.name == "generation_config.json":
-            shutil.copy(f, out / f.name)
-    return out
+    return make_demo_sibling(tmp_path_factory.mktemp("sibling") / "demo-sibling")
 
 
 def test_transfer_self_transfer_is_the_models_own_eval(files, sibling, tmp_path):
