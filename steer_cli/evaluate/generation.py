@@ -49,7 +49,7 @@ def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[
         got[si][(p, k)] = completion
         shard = shards[si]
         if len(got[si]) == shard.size:
-            write_results(shard.path(out), shard_lines(grader, shard, inputs[shard.bench], got[si], scorer))
+            write_shard(grader, shard, inputs[shard.bench], got[si], out, scorer)
             got[si] = {}
             written(shard)
 
@@ -63,6 +63,12 @@ def shard_requests(shard: Shard, b: BenchInputs, sampling: Any, *, group: int) -
             seed = None if sampling.greedy else sample_seed(shard.seed, shard.bench, b.keys[p], k)
             out.append((p, k, SampleRequest(b.prompts[p], seed, b.budgets[p], group=g)))
     return out
+
+
+def write_shard(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any], out: Path,
+                scorer: Optional[Callable[..., list[Any]]] = None) -> None:
+    """Grade a finished shard and write it (whole) under ``out``."""
+    write_results(shard.path(out), shard_lines(grader, shard, b, completions, scorer))
 
 
 def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any],

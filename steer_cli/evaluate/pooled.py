@@ -13,13 +13,11 @@ itself; each target's shards are written as they finish, as in ``run_shards``. B
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from steer_cli.evaluate.generation import BenchInputs, shard_lines, shard_requests
-from steer_cli.evaluate.outputs import write_results
+from steer_cli.evaluate.generation import BenchInputs, shard_requests, write_shard
 from steer_cli.evaluate.shards import Shard
 from steer_cli.patching.steering import attach_steering
 from steer_cli.patching.strength import kept_layers, scaled_vectors
@@ -109,8 +107,7 @@ def run_pool(model: Any, tokenizer: Any, batch_prompts: int, grader: Any, plans:
             done[(p, j)] = completion
             shard = shards[k][si]
             if len(done) == shard.size:
-                out: Path = plans[k].target.output_dir
-                write_results(shard.path(out), shard_lines(grader, shard, inputs[k][shard.bench], done, scorer))
+                write_shard(grader, shard, inputs[k][shard.bench], done, plans[k].target.output_dir, scorer)
                 del got[(k, si)]
                 written(shard)
     finally:
