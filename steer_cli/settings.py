@@ -148,6 +148,7 @@ class EvalSettings(_Group):
     max_seq_length: Optional[int] = Field(None, gt=0, description="Prompt + completion context per prompt (the paper: 4096 for Qwen-Math/OLMo, 32768 others).")
     mean_k: int = Field(8, gt=0, description="k of the mean@k metric (the appendix's mean@8).")
     shard_samples: int = Field(32, gt=0, description="Samples per unit of work (whole problems: one AIME problem with 32 samples, or 32 single-sample problems); units are dealt to processes and kept when a run is cut short.")
+    pool_cells: int = Field(8, gt=0, description="hf backend: how many targets (study grid cells) that differ only in their vectors, scale or layers share each generation batch, rollout.batch_prompts prompts of each, every row steered by its own target's vectors (same samples as one at a time; memory grows with it); 1: one target at a time.")
     reward: Optional[str] = Field(None, description="Also score every sample with this reward (math, exact, file.py:fn, pkg.module:fn) and report its mean beside accuracy.")
     checkpoints: list[str] = Field(default_factory=lambda: ["final"], description="Checkpoints of a training run to evaluate, each into its own directory: final (its final/, else its latest checkpoint), all (every checkpoint-N/ and final/), or steps N,M,... (checkpoint-N/, or final/ where it holds step N; 'final' may be listed too).")
 

@@ -39,22 +39,36 @@ def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[
     where: list[tuple[int, int, int]] = []  # (shard, problem, sample) of each request
     group = 0
     for si, shard in enumerate(shards):
-        b = inputs[shard.bench]
-        for p in shard.problems:
-            for k in range(shard.samples):
-                seed = None if sampling.greedy else sample_seed(shard.seed, shard.bench, b.keys[p], k)
-                requests.append(SampleRequest(b.prompts[p], seed, b.budgets[p], group=group))
-                where.append((si, p, k))
-            group += 1
+        for p, k, request in shard_requests(shard, inputs[shard.bench], sampling, group=group):
+            requests.append(request)
+            where.append((si, p, k))
+        group += len(shard.problems)
     got: list[dict[tuple[int, int], Any]] = [{} for _ in shards]
     for i, completion in backend.stream_samples(requests, sampling):
         si, p, k = where[i]
         got[si][(p, k)] = completion
         shard = shards[si]
         if len(got[si]) == shard.size:
-            write_results(shard.path(out), shard_lines(grader, shard, inputs[shard.bench], got[si], scorer))
+            write_shard(grader, shard, inputs[shard.bench], got[si], out, scorer)
             got[si] = {}
             written(shard)
+
+
+def shard_requests(shard: Shard, b: BenchInputs, sampling: Any, *, group: int) -> list[tuple[int, int, SampleRequest]]:
+    """(problem, sample, request) of every sample of ``shard``: seeded by ``sample_seed`` (greedy:
+    unseeded), one group per problem numbered from ``group``."""
+    out = []
+    for g, p in enumerate(shard.problems, group):
+        for k in range(shard.samples):
+            seed = None if sampling.greedy else sample_seed(shard.seed, shard.bench, b.keys[p], k)
+            out.append((p, k, SampleRequest(b.prompts[p], seed, b.budgets[p], group=g)))
+    return out
+
+
+def write_shard(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any], out: Path,
+                scorer: Optional[Callable[..., list[Any]]] = None) -> None:
+    """Grade a finished shard and write it (whole) under ``out``."""
+    write_results(shard.path(out), shard_lines(grader, shard, b, completions, scorer))
 
 
 def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any],

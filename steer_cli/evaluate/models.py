@@ -91,6 +91,10 @@ class EvalModels:
         return load_causal_lm(name, dtype=m.dtype, device=self._device(), revision=m.revision,
                               trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
 
+    def base_model(self) -> Any:
+        """The hf base model (loaded on first use), as the base and steering targets get it."""
+        return self._base_model()
+
     def _base_model(self) -> Any:
         if self._base is None:
             self._base = self._load(self.s.model.name)

@@ -35,6 +35,7 @@ from steer_cli.evaluate.outputs import (
     results_path,
 )
 from steer_cli.evaluate.parallel import Coordinator, bind_devices
+from steer_cli.evaluate.pooled import pools, run_pool
 from steer_cli.evaluate.progress import Reporter
 from steer_cli.evaluate.protocol import Protocol, identity, resolve_protocol
 from steer_cli.evaluate.rewards import RewardScorer, lines_rewards, read_rewards
@@ -318,16 +319,28 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
         if merger is not None:
             merger.poll()
         grader = None
-        for ti, plan in enumerate(plans):
-            todo = [sh for sh in mine if sh.target == ti]
-            if not todo:
+        # hf: targets that differ only in their vectors share batches (one bank entry each)
+        pooling = inputs is not None and settings.rollout.backend == "hf" and isinstance(inputs.models, EvalModels)
+        for pool in pools(plans, settings.eval.pool_cells if pooling else 1):
+            work = [(ti, [sh for sh in mine if sh.target == ti]) for ti in pool]
+            work = [(ti, todo) for ti, todo in work if todo]
+            if not work:
                 continue
             assert inputs is not None
             if grader is None:
                 grader = stack.enter_context(rewards.settings_grader(settings, reward="math"))
+            ti, todo = work[0]
+            plan = plans[ti]
             proto = plan.proto
             sampling = SamplingSpec(n=1, temperature=proto.temperature, top_p=proto.top_p, top_k=-1,
                                     stop_token_ids=inputs.stop_ids)
+            if len(work) > 1:
+                members = [plans[i] for i, _ in work]
+                run_pool(inputs.models.base_model(), inputs.models.tokenizer, settings.rollout.batch_prompts, grader,
+                         members, [t for _, t in work],
+                         [inputs.bench_inputs(p.proto, benches, p.target.prefill) for p in members], sampling,
+                         written=lambda shard: merger.poll() if merger else None, scorer=inputs.scorer)
+                continue
             with inputs.models.backend(plan.target, plan.vectors) as backend:
                 run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches, plan.target.prefill), sampling,
                            plan.target.output_dir, written=lambda shard: merger.poll() if merger else None,

@@ -5,8 +5,10 @@ on one model. ``run_grid`` turns them into evaluation targets, one output direct
 (``<out>/cells/<key>/``, an ordinary eval output with its ``summary.json``), and evaluates them in
 one ``evaluate.run.evaluate`` call:
 
-- one model load (hf) or one vLLM engine for the whole grid; vectors are swapped in place between
-  cells (hooks attached and removed, or the engine's buffers rewritten), never a checkpoint;
+- one model load (hf) or one vLLM engine for the whole grid, never a checkpoint; with hf, cells
+  that differ only in their vectors, scale or layers share generation batches (up to
+  ``eval.pool_cells`` of them), each row steered by its own cell's entry of a vector bank
+  (``evaluate.pooled``); vLLM runs cell after cell, the engine's buffers rewritten between them;
 - the same per-sample seeds as ``steer eval``, so a cell's samples are those of ``steer eval`` of
   that configuration;
 - every cell's shards are on disk as they finish: a stopped grid (SIGTERM: exit 75) resumes where it
