@@ -121,3 +121,35 @@ def test_pools_group_what_can_share_a_batch():
     assert pooled.pools(plans, 8) == [[0, 2, 6], [1], [3], [4], [5]]
     assert pooled.pools(plans, 2) == [[0, 2], [1], [3], [4], [5], [6]]
     assert pooled.pools(plans, 1) == [[i] for i in range(len(plans))]
+
+
+def test_a_pooled_batch_holds_at_most_pool_rows_and_never_less_than_one_cells_batch():
+    from steer_cli.evaluate.pooled import pooled_batch_groups
+
+    assert pooled_batch_groups(8, 10, 1, 64) == 64  # the demo grid: 8 cells' batches of 8 in one
+    assert pooled_batch_groups(8, 4, 4, 64) == 16  # 4 cells x 8 problems x 4 samples would be 128 rows
+    assert pooled_batch_groups(8, 8, 32, 64) == 8  # AIME's 32 samples: one cell's batch, as unpooled
+    assert pooled_batch_groups(8, 2, 1, 64) == 16
+
+
+def test_a_small_pool_rows_cuts_the_pool_into_more_batches_with_the_same_samples(vectors, tmp_path, monkeypatch):
+    from steer_cli.rollout.hf import HFBackend
+
+    grid = cells(vectors)[:3]
+    base = tmp_path / "wide"
+    run_grid(grid_settings(8), grid, base, interactive=False)
+    sizes = []
+    real = HFBackend._sample_rows
+
+    def spy(self, batch, sampling):
+        sizes.append(len(batch))
+        return real(self, batch, sampling)
+
+    monkeypatch.setattr(HFBackend, "_sample_rows", spy)
+    narrow = tmp_path / "narrow"
+    settings = build_settings([Layer({"model": {"name": "demo"}, "train": {"grader_workers": 0},
+                                      "eval": {**PROTOCOL, "pool_cells": 8, "pool_rows": 2},
+                                      "rollout": {"batch_prompts": 1}}, "test")])
+    run_grid(settings, grid, narrow, interactive=False)
+    assert sizes and max(sizes) == 2  # one problem's 2 samples per batch
+    assert {c.key: texts(narrow / "cells" / c.key) for c in grid} == {c.key: texts(base / "cells" / c.key) for c in grid}

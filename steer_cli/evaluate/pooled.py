@@ -7,12 +7,15 @@ holds one entry per target, ``scaled_vectors`` of its file on its kept layers, a
 of those layers (a base target: an entry that steers no layer), so a row gets exactly the adds
 it would get with that target's own hooks. Every sample keeps its own ``sample_seed`` and the hf
 backend draws it from that seed alone, so a target's samples are those it gets evaluated by
-itself; each target's shards are written as they finish, as in ``run_shards``. Batches hold
-``rollout.batch_prompts`` prompts per target of the pool.
+itself; each target's shards are written as they finish, as in ``run_shards``. A batch holds
+problems of several targets up to ``eval.pool_rows`` rows (``pooled_batch_groups``), never fewer
+problems than one target's own batch: pooling fills small batches (one sample per problem) and
+leaves large ones (32 samples per AIME problem) as they are.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -73,10 +76,20 @@ def bank_of(plans: Sequence[Any], num_layers: int, hidden: int) -> tuple[torch.T
     return bank, mask
 
 
+def pooled_batch_groups(batch_prompts: int, targets: int, samples: int, pool_rows: int) -> int:
+    """Problems per pooled batch: ``batch_prompts`` per target while the rows (problems x
+    ``samples``) stay within ``pool_rows``, and at least ``batch_prompts`` (one target's batch)."""
+    return max(batch_prompts, min(batch_prompts * targets, pool_rows // max(1, samples)))
+
+
+def _samples_per_group(requests: Sequence[SampleRequest]) -> int:
+    return max(Counter(r.group for r in requests).values(), default=1)
+
+
 def run_pool(model: Any, tokenizer: Any, batch_prompts: int, grader: Any, plans: Sequence[Any],
              shards: Sequence[Sequence[Shard]], inputs: Sequence[dict[str, BenchInputs]], sampling: Any, *,
              written: Callable[[Shard], None] = lambda shard: None,
-             scorer: Optional[Callable[..., list[Any]]] = None) -> None:
+             scorer: Optional[Callable[..., list[Any]]] = None, pool_rows: int = 64) -> None:
     """Generate the ``shards`` of every plan (``shards[k]``, ``inputs[k]``: plan ``k``'s) in shared
     batches on ``model`` (the hf base model), rows steered by their plan's bank entry; write each
     shard once its samples are in and call ``written``."""
@@ -101,7 +114,8 @@ def run_pool(model: Any, tokenizer: Any, batch_prompts: int, grader: Any, plans:
         backend = HFBackend(model, tokenizer, batch_prompts=batch_prompts)
         backend.before_batch = lambda batch: handle.set_row_index(torch.tensor([entry[r.group] for r in batch]))
         got: dict[tuple[int, int], dict[tuple[int, int], Any]] = {}
-        for i, completion in backend.stream_samples(requests, sampling, batch_groups=batch_prompts * len(plans)):
+        groups = pooled_batch_groups(batch_prompts, len(plans), _samples_per_group(requests), pool_rows)
+        for i, completion in backend.stream_samples(requests, sampling, batch_groups=groups):
             k, si, p, j = where[i]
             done = got.setdefault((k, si), {})
             done[(p, j)] = completion

@@ -339,7 +339,8 @@ def _evaluate(settings: Settings, targets: Sequence[Target], *, fields: Optional
                 run_pool(inputs.models.base_model(), inputs.models.tokenizer, settings.rollout.batch_prompts, grader,
                          members, [t for _, t in work],
                          [inputs.bench_inputs(p.proto, benches, p.target.prefill) for p in members], sampling,
-                         written=lambda shard: merger.poll() if merger else None, scorer=inputs.scorer)
+                         written=lambda shard: merger.poll() if merger else None, scorer=inputs.scorer,
+                         pool_rows=settings.eval.pool_rows)
                 continue
             with inputs.models.backend(plan.target, plan.vectors) as backend:
                 run_shards(backend, grader, todo, inputs.bench_inputs(proto, benches, plan.target.prefill), sampling,
