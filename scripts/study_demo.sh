@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every `steer study` of README "Studying vectors" on the built-in demo, from training to figures:
-#   bash scripts/study_demo.sh [WORKDIR]    (default runs/study-demo; about 6 min on 2 CPU cores)
+#   bash scripts/study_demo.sh [WORKDIR]    (default runs/study-demo; about 4 min on 2 CPU cores)
 # Each step prints its wall time; a re-run skips what is done (trained runs, finished cells).
 set -euo pipefail
 W=${1:-runs/study-demo}
