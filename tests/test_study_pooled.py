@@ -5,6 +5,9 @@ that configuration, whatever else shares its batches."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -153,3 +156,25 @@ def test_a_small_pool_rows_cuts_the_pool_into_more_batches_with_the_same_samples
     run_grid(settings, grid, narrow, interactive=False)
     assert sizes and max(sizes) == 2  # one problem's 2 samples per batch
     assert {c.key: texts(narrow / "cells" / c.key) for c in grid} == {c.key: texts(base / "cells" / c.key) for c in grid}
+
+
+def test_a_pooled_grid_on_two_processes_writes_what_one_writes(vectors, tmp_path):
+    """torchrun: each process pools the cells of the shards dealt to it; the cells are the same."""
+    args = ["study", "pairs", vectors["merged"], "--layers", "0,1", "--benchmarks", "demo", "--limit", "3",
+            "--max-new-tokens", "12", "--samples", "2", "--set", "train.grader_workers=0",
+            "--set", "eval.shard_samples=2"]
+    one = tmp_path / "one"
+    result = runner.invoke(app, [str(a) for a in args + ["-o", one]])
+    assert result.exit_code == 0, result.output
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "steer_cli", *map(str, args + ["-o", two])],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    keys = sorted(p.name for p in (one / "cells").iterdir())
+    assert keys == ["pair-0-0", "pair-0-1", "pair-1-1"]
+    assert sorted(p.name for p in (two / "cells").iterdir()) == keys
+    for key in keys:
+        assert texts(two / "cells" / key) == texts(one / "cells" / key), key
+        assert json.loads((two / "cells" / key / "summary.json").read_text())["processes"] == 2
