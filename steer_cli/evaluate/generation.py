@@ -31,44 +31,41 @@ class BenchInputs:
 def run_shards(backend: Any, grader: Any, shards: Sequence[Shard], inputs: dict[str, BenchInputs], sampling: Any,
                out: Path, *, written: Callable[[Shard], None] = lambda shard: None,
                scorer: Optional[Callable[..., list[Any]]] = None) -> None:
-    """Generate every sample of ``shards`` (one request each, seeded by ``sample_seed``; greedy:
-    one unseeded request per problem), grade a shard once its samples are in, write it, call
-    ``written``. The backend sees all requests at once (vLLM schedules them; hf batches them).
-    ``scorer`` (``eval.reward``) adds each sample's ``reward``."""
+    """Generate every sample of ``shards`` of one target (written under ``out``): ``stream_shards``."""
+    stream_shards(backend, grader, [(shard, inputs[shard.bench], out) for shard in shards], sampling,
+                  written=written, scorer=scorer)
+
+
+def stream_shards(backend: Any, grader: Any, work: Sequence[tuple[Shard, BenchInputs, Path]], sampling: Any, *,
+                  written: Callable[[Shard], None] = lambda shard: None,
+                  scorer: Optional[Callable[..., list[Any]]] = None, batch_groups: Optional[int] = None) -> None:
+    """Generate every sample of each ``(shard, its benchmark's inputs, output dir)`` of ``work`` (one
+    request each, seeded by ``sample_seed``; greedy: one unseeded request per problem), grade a
+    shard once its samples are in, write it, call ``written``. The backend sees all requests at
+    once (vLLM schedules them; hf batches them, ``batch_groups`` problems a batch where given);
+    request groups are the problems numbered in the order of ``work``. ``scorer``
+    (``eval.reward``) adds each sample's ``reward``."""
     requests: list[SampleRequest] = []
-    where: list[tuple[int, int, int]] = []  # (shard, problem, sample) of each request
+    where: list[tuple[int, int, int]] = []  # (work item, problem, sample) of each request
     group = 0
-    for si, shard in enumerate(shards):
-        for p, k, request in shard_requests(shard, inputs[shard.bench], sampling, group=group):
-            requests.append(request)
-            where.append((si, p, k))
+    for wi, (shard, b, _) in enumerate(work):
+        for g, p in enumerate(shard.problems, group):
+            for k in range(shard.samples):
+                seed = None if sampling.greedy else sample_seed(shard.seed, shard.bench, b.keys[p], k)
+                requests.append(SampleRequest(b.prompts[p], seed, b.budgets[p], group=g))
+                where.append((wi, p, k))
         group += len(shard.problems)
-    got: list[dict[tuple[int, int], Any]] = [{} for _ in shards]
-    for i, completion in backend.stream_samples(requests, sampling):
-        si, p, k = where[i]
-        got[si][(p, k)] = completion
-        shard = shards[si]
-        if len(got[si]) == shard.size:
-            write_shard(grader, shard, inputs[shard.bench], got[si], out, scorer)
-            got[si] = {}
+    stream = (backend.stream_samples(requests, sampling) if batch_groups is None else
+              backend.stream_samples(requests, sampling, batch_groups=batch_groups))
+    got: list[dict[tuple[int, int], Any]] = [{} for _ in work]
+    for i, completion in stream:
+        wi, p, k = where[i]
+        got[wi][(p, k)] = completion
+        shard, b, out = work[wi]
+        if len(got[wi]) == shard.size:
+            write_results(shard.path(out), shard_lines(grader, shard, b, got[wi], scorer))
+            got[wi] = {}
             written(shard)
-
-
-def shard_requests(shard: Shard, b: BenchInputs, sampling: Any, *, group: int) -> list[tuple[int, int, SampleRequest]]:
-    """(problem, sample, request) of every sample of ``shard``: seeded by ``sample_seed`` (greedy:
-    unseeded), one group per problem numbered from ``group``."""
-    out = []
-    for g, p in enumerate(shard.problems, group):
-        for k in range(shard.samples):
-            seed = None if sampling.greedy else sample_seed(shard.seed, shard.bench, b.keys[p], k)
-            out.append((p, k, SampleRequest(b.prompts[p], seed, b.budgets[p], group=g)))
-    return out
-
-
-def write_shard(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any], out: Path,
-                scorer: Optional[Callable[..., list[Any]]] = None) -> None:
-    """Grade a finished shard and write it (whole) under ``out``."""
-    write_results(shard.path(out), shard_lines(grader, shard, b, completions, scorer))
 
 
 def shard_lines(grader: Any, shard: Shard, b: BenchInputs, completions: dict[tuple[int, int], Any],

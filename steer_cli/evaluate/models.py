@@ -93,9 +93,6 @@ class EvalModels:
 
     def base_model(self) -> Any:
         """The hf base model (loaded on first use), as the base and steering targets get it."""
-        return self._base_model()
-
-    def _base_model(self) -> Any:
         if self._base is None:
             self._base = self._load(self.s.model.name)
         return self._base
@@ -108,18 +105,18 @@ class EvalModels:
 
         batch = self.s.rollout.batch_prompts
         if target.setup == "base":
-            yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
+            yield HFBackend(self.base_model(), self.tokenizer, batch_prompts=batch)
         elif target.setup == "steering":
             assert vectors is not None
-            handle = attach_steering(self._base_model(), vectors.tensor, layers=vectors.layers,
+            handle = attach_steering(self.base_model(), vectors.tensor, layers=vectors.layers,
                                      place=vectors.place, trainable=False, scale=target.scale,
                                      subset=target.layers)
             try:
-                yield HFBackend(self._base_model(), self.tokenizer, batch_prompts=batch)
+                yield HFBackend(self.base_model(), self.tokenizer, batch_prompts=batch)
             finally:
                 handle.remove()
         elif target.setup == "lora":
-            model = PeftModel.from_pretrained(self._base_model(), str(target.adapter), is_trainable=False)
+            model = PeftModel.from_pretrained(self.base_model(), str(target.adapter), is_trainable=False)
             model.eval()
             self._base = None  # the adapter's layers now live in the base model's modules
             try:

@@ -7,7 +7,7 @@ holds one entry per target, ``scaled_vectors`` of its file on its kept layers, a
 of those layers (a base target: an entry that steers no layer), so a row gets exactly the adds
 it would get with that target's own hooks. Every sample keeps its own ``sample_seed`` and the hf
 backend draws it from that seed alone, so a target's samples are those it gets evaluated by
-itself; each target's shards are written as they finish, as in ``run_shards``. A batch holds
+itself; each target's shards are written as they finish, as in ``run_shards`` (both go through ``generation.stream_shards``). A batch holds
 problems of several targets up to ``eval.pool_rows`` rows (``pooled_batch_groups``), never fewer
 problems than one target's own batch: pooling fills small batches (one sample per problem) and
 leaves large ones (32 samples per AIME problem) as they are.
@@ -15,16 +15,14 @@ leaves large ones (32 samples per AIME problem) as they are.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from steer_cli.evaluate.generation import BenchInputs, shard_requests, write_shard
+from steer_cli.evaluate.generation import BenchInputs, stream_shards
 from steer_cli.evaluate.shards import Shard
 from steer_cli.patching.steering import attach_steering
 from steer_cli.patching.strength import kept_layers, scaled_vectors
-from steer_cli.rollout.base import SampleRequest
 from steer_cli.rollout.hf import HFBackend
 
 
@@ -82,10 +80,6 @@ def pooled_batch_groups(batch_prompts: int, targets: int, samples: int, pool_row
     return max(batch_prompts, min(batch_prompts * targets, pool_rows // max(1, samples)))
 
 
-def _samples_per_group(requests: Sequence[SampleRequest]) -> int:
-    return max(Counter(r.group for r in requests).values(), default=1)
-
-
 def run_pool(model: Any, tokenizer: Any, batch_prompts: int, grader: Any, plans: Sequence[Any],
              shards: Sequence[Sequence[Shard]], inputs: Sequence[dict[str, BenchInputs]], sampling: Any, *,
              written: Callable[[Shard], None] = lambda shard: None,
@@ -98,31 +92,15 @@ def run_pool(model: Any, tokenizer: Any, batch_prompts: int, grader: Any, plans:
     try:
         bank, mask = bank_of(plans, handle.num_layers, handle.hidden_size)
         handle.set_bank(bank.to(handle.vectors.device), layer_mask=mask)
-        requests: list[SampleRequest] = []
-        where: list[tuple[int, int, int, int]] = []  # (plan, shard, problem, sample) of each request
-        entry: list[int] = []  # the plan (bank entry) of each group
         # Round-robin over the plans' shards: every plan's first shards are written early.
-        for si in range(max((len(s) for s in shards), default=0)):
-            for k, plan_shards in enumerate(shards):
-                if si >= len(plan_shards):
-                    continue
-                shard = plan_shards[si]
-                for p, j, request in shard_requests(shard, inputs[k][shard.bench], sampling, group=len(entry)):
-                    requests.append(request)
-                    where.append((k, si, p, j))
-                entry += [k] * len(shard.problems)
+        order = [(k, plan_shards[si]) for si in range(max((len(s) for s in shards), default=0))
+                 for k, plan_shards in enumerate(shards) if si < len(plan_shards)]
+        entry = [k for k, shard in order for _ in shard.problems]  # the plan (bank entry) of each request group
         backend = HFBackend(model, tokenizer, batch_prompts=batch_prompts)
         backend.before_batch = lambda batch: handle.set_row_index(torch.tensor([entry[r.group] for r in batch]))
-        got: dict[tuple[int, int], dict[tuple[int, int], Any]] = {}
-        groups = pooled_batch_groups(batch_prompts, len(plans), _samples_per_group(requests), pool_rows)
-        for i, completion in backend.stream_samples(requests, sampling, batch_groups=groups):
-            k, si, p, j = where[i]
-            done = got.setdefault((k, si), {})
-            done[(p, j)] = completion
-            shard = shards[k][si]
-            if len(done) == shard.size:
-                write_shard(grader, shard, inputs[k][shard.bench], done, plans[k].target.output_dir, scorer)
-                del got[(k, si)]
-                written(shard)
+        samples = max((shard.samples for _, shard in order), default=1)
+        stream_shards(backend, grader, [(shard, inputs[k][shard.bench], plans[k].target.output_dir) for k, shard in order],
+                      sampling, written=written, scorer=scorer,
+                      batch_groups=pooled_batch_groups(batch_prompts, len(plans), samples, pool_rows))
     finally:
         handle.remove()
